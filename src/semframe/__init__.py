@@ -1,0 +1,58 @@
+"""semframe: semantic DataFrame operators, planned lazily, optimized, run on a local vLLM engine.
+
+Importing semframe registers ``.semantic`` on polars DataFrame and LazyFrame (and on pandas
+DataFrame when pandas is installed). It imports no heavy library: vLLM and torch load only when
+the first engine starts.
+
+>>> import polars as pl, semframe as sf
+>>> df = pl.DataFrame({"title": ["Battle of Waterloo", "Banana bread"]})
+>>> df.semantic.classify("title", ["YES", "NO"], instruction="Is it about European history?",
+...                      engine=sf.DeterministicEngine()).columns
+['title', 'classify']
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+from semframe import frontends as _frontends  # noqa: F401
+from semframe.config import configure
+from semframe.engines import DeterministicEngine, Engine, Request
+from semframe.errors import BudgetExceeded, EngineError, OutputError, PlanError, SemframeError
+from semframe.execution.executor import RunResult
+from semframe.execution.run import last_run
+from semframe.frontends import polars as _polars_front  # noqa: F401  (registers the namespaces)
+from semframe.frontends.lazy import SemLazyFrame
+
+if importlib.util.find_spec("pandas") is not None:
+    from semframe.frontends import pandas as _pandas_front  # noqa: F401
+
+if TYPE_CHECKING:
+    from semframe.engines.vllm import VLLMEngine
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BudgetExceeded",
+    "DeterministicEngine",
+    "Engine",
+    "EngineError",
+    "OutputError",
+    "PlanError",
+    "Request",
+    "RunResult",
+    "SemLazyFrame",
+    "SemframeError",
+    "VLLMEngine",
+    "configure",
+    "last_run",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "VLLMEngine":
+        from semframe.engines.vllm import VLLMEngine
+
+        return VLLMEngine
+    raise AttributeError(f"module 'semframe' has no attribute {name!r}")

@@ -1,0 +1,215 @@
+"""The engine interface: a list of requests in, one completion per request out, in order.
+
+Engines implement only :meth:`Engine._generate` (the call itself). The public
+:meth:`Engine.generate` owns the bookkeeping every engine needs the same way: parsing each answer
+against its output spec, turning a bad answer into a null with a reason, timing, and counting
+usage. That keeps the contract identical for the test engine and for vLLM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from semframe.errors import OutputError
+from semframe.plan.spec import OutputSpec, TextSpec
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat message."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Request:
+    """One question for the engine: chat messages, the output spec and the sampling settings.
+
+    Requests hash by value, so identical requests collapse in sets and dicts; :attr:`key` is a
+    stable digest of everything that can change the answer except the model (the cache adds the
+    model's fingerprint).
+    """
+
+    messages: tuple[Message, ...]
+    spec: OutputSpec
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "messages": [[m.role, m.content] for m in self.messages],
+            "spec": self.spec.to_dict(),
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+        }
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    @property
+    def prompt_text(self) -> str:
+        """The messages as plain text (for display and token estimates)."""
+        return "\n\n".join(f"[{m.role}]\n{m.content}" for m in self.messages)
+
+
+@dataclass(frozen=True)
+class RawCompletion:
+    """What an engine's ``_generate`` returns for one request, before parsing."""
+
+    text: str | None
+    finish_reason: str = "stop"
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    output_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The engine's answer to one request.
+
+    ``value`` is the parsed answer (a label, a dict, a string) or None; when it is None because
+    something went wrong, ``error`` says what. ``finish_reason`` is the engine's ("stop",
+    "length") or "error".
+    """
+
+    text: str | None
+    value: Any
+    finish_reason: str
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    output_tokens: int = 0
+    latency_s: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class EngineUsage:
+    """Running totals of what an engine has been asked and has produced."""
+
+    calls: int = 0  # generate() calls (batches)
+    requests: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    output_tokens: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+
+def finish(request: Request, raw: RawCompletion, latency_s: float) -> Completion:
+    """Parse one raw completion against its request's output spec."""
+    usage = dict(
+        prompt_tokens=raw.prompt_tokens,
+        cached_prompt_tokens=raw.cached_prompt_tokens,
+        output_tokens=raw.output_tokens,
+        latency_s=latency_s,
+    )
+    if raw.error is not None or raw.text is None:
+        return Completion(raw.text, None, "error", error=raw.error or "engine returned no text", **usage)
+    structured = not isinstance(request.spec, TextSpec)
+    if structured and raw.finish_reason == "length":
+        return Completion(
+            raw.text, None, raw.finish_reason,
+            error=f"answer cut off at max_tokens={request.max_tokens} before it was complete",
+            **usage,
+        )
+    try:
+        value = request.spec.parse(raw.text)
+    except OutputError as exc:
+        return Completion(raw.text, None, raw.finish_reason, error=str(exc), **usage)
+    return Completion(raw.text, value, raw.finish_reason, **usage)
+
+
+class Engine(ABC):
+    """Base class of engines.
+
+    Subclasses set :attr:`name`, implement :meth:`_generate` and :meth:`fingerprint`, and may
+    override :meth:`count_tokens` and :meth:`close`.
+    """
+
+    #: Short name shown in explain() and lineage, e.g. "vllm" or "deterministic".
+    name: str = "engine"
+    #: Whether the engine enforces the output spec while decoding (choice / JSON schema).
+    constrained_decoding: bool = False
+
+    def __init__(self) -> None:
+        self.usage = EngineUsage()
+
+    @property
+    @abstractmethod
+    def model(self) -> str:
+        """A human-readable model name (path or id)."""
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """A digest of everything about the model and engine that can change an answer.
+
+        Part of the exact-cache key: two engines with the same fingerprint must give the same
+        answer distribution for the same request.
+        """
+
+    @abstractmethod
+    def _generate(self, requests: Sequence[Request]) -> list[RawCompletion]:
+        """Answer every request, in order. Errors for single requests go in RawCompletion.error."""
+
+    def generate(self, requests: Sequence[Request]) -> list[Completion]:
+        """Answer ``requests`` in one batch; one :class:`Completion` per request, in input order."""
+        requests = list(requests)
+        if not requests:
+            return []
+        start = time.perf_counter()
+        raws = self._generate(requests)
+        elapsed = time.perf_counter() - start
+        if len(raws) != len(requests):
+            raise RuntimeError(
+                f"{type(self).__name__}._generate returned {len(raws)} results for "
+                f"{len(requests)} requests"
+            )
+        # A batch is answered together; each request is charged an equal share of its time.
+        share = elapsed / len(requests)
+        done = [finish(req, raw, share) for req, raw in zip(requests, raws)]
+        u = self.usage
+        u.calls += 1
+        u.requests += len(done)
+        u.seconds += elapsed
+        for c in done:
+            u.prompt_tokens += c.prompt_tokens
+            u.cached_prompt_tokens += c.cached_prompt_tokens
+            u.output_tokens += c.output_tokens
+            u.errors += c.error is not None
+        return done
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text`` by this engine's tokenizer; the base guess is ~4 characters a token."""
+        return max(1, (len(text) + 3) // 4)
+
+    def close(self) -> None:
+        """Release the engine's resources. Safe to call twice."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.model!r})"

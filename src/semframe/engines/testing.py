@@ -1,0 +1,100 @@
+"""A deterministic in-memory engine for tests, docs and dry runs.
+
+It answers instantly and reproducibly (the answer depends only on the request), respects every
+output spec the way a constrained engine would, and records each batch it was asked, so tests
+can assert exactly which requests reached the engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from semframe.engines.base import Engine, RawCompletion, Request
+from semframe.plan.spec import ChoiceSpec, FieldType, JsonSpec, TextSpec
+
+
+def _digest(request: Request) -> int:
+    return int(hashlib.sha256(request.key.encode()).hexdigest()[:12], 16)
+
+
+def _fake_value(ft: FieldType, seed: int) -> Any:
+    kind = ft.item if ft.kind == "list" else ft.kind
+    scalar = {"str": f"v{seed % 997}", "int": seed % 2000, "float": (seed % 1000) / 10, "bool": seed % 2 == 0}[kind]
+    return [scalar] * (1 + seed % 3) if ft.kind == "list" else scalar
+
+
+class DeterministicEngine(Engine):
+    """An engine whose answers are a pure function of the request.
+
+    Parameters
+    ----------
+    responder
+        Optional ``request -> text`` function. When given, its text is the raw answer (and is
+        parsed against the spec like any engine's, so it can return malformed answers to test
+        error handling). Without it: a choice picks a label by a hash of the request, JSON
+        fills every field with a value of its type, and text echoes the last message.
+    model
+        The model name it reports (part of its fingerprint).
+
+    Examples
+    --------
+    >>> import polars as pl, semframe as sf
+    >>> engine = sf.DeterministicEngine(responder=lambda r: "YES")
+    >>> df = pl.DataFrame({"title": ["a", "b", "a"]})
+    >>> df.semantic.classify("title", ["YES", "NO"], engine=engine)["classify"].to_list()
+    ['YES', 'YES', 'YES']
+    >>> engine.requests_seen   # "a" was asked once
+    2
+    """
+
+    name = "deterministic"
+    constrained_decoding = True
+
+    def __init__(self, responder: Callable[[Request], str] | None = None, *, model: str = "deterministic-v1"):
+        super().__init__()
+        self._responder = responder
+        self._model = model
+        #: Every batch handed to the engine, in order.
+        self.batches: list[list[Request]] = []
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    @property
+    def requests_seen(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(f"{self.name}:{self._model}".encode()).hexdigest()
+
+    def answer(self, request: Request) -> str:
+        if self._responder is not None:
+            return self._responder(request)
+        seed = _digest(request)
+        spec = request.spec
+        if isinstance(spec, ChoiceSpec):
+            return spec.labels[seed % len(spec.labels)]
+        if isinstance(spec, JsonSpec):
+            return json.dumps({name: _fake_value(ft, seed + i) for i, (name, ft) in enumerate(spec.fields)})
+        assert isinstance(spec, TextSpec)
+        words = request.messages[-1].content.split()
+        return "echo: " + " ".join(words[: max(1, request.max_tokens - 1)])
+
+    def _generate(self, requests: Sequence[Request]) -> list[RawCompletion]:
+        self.batches.append(list(requests))
+        out = []
+        for req in requests:
+            text = self.answer(req)
+            out.append(
+                RawCompletion(
+                    text=text,
+                    finish_reason="stop",
+                    prompt_tokens=sum(self.count_tokens(m.content) for m in req.messages),
+                    output_tokens=self.count_tokens(text),
+                )
+            )
+        return out

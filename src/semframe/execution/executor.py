@@ -1,0 +1,248 @@
+"""The executor: runs an (optimized) plan as a stream of polars batches.
+
+Each node becomes an iterator of DataFrames (``_visit_<Node>``). A relational subtree over the
+scan runs as one polars LazyFrame (polars pushes its own filters into file scans) and streams
+out in batches; semantic steps consume batches of ``batch_size`` rows, so at most one batch of
+prompts is rendered at a time; ``head`` stops pulling once it has its rows, so upstream steps
+never ask the engine about rows nobody will see. A relational step that needs all its input at
+once (a sort, an aggregate) gathers its input first.
+
+Every batch carries the hidden ``__sf_row_id`` column assigned at the scan: that is how lineage
+names input rows across filters, sorts and heads, and how pandas results get their index back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from semframe.engines.base import Completion, Engine
+from semframe.errors import PlanError
+from semframe.execution.lineage import LineageRecorder, StepMetrics
+from semframe.execution.semantic import SemanticRunner
+from semframe.plan.nodes import (
+    ROW_ID,
+    Head,
+    Node,
+    Relational,
+    Scan,
+    Select,
+    SemanticStep,
+    walk,
+)
+
+
+@dataclass
+class RunResult:
+    """Everything a run produced.
+
+    Attributes
+    ----------
+    df
+        The result, as a plain polars DataFrame.
+    row_ids
+        For each result row, the id of the input row it came from (None after an aggregation).
+    lineage
+        One row per output cell of every semantic step (see :mod:`semframe.execution.lineage`).
+    prompts
+        ``request_key`` -> full prompt text, one row per distinct request.
+    metrics
+        One row per semantic step: rows, engine requests, cache hits, tokens, time.
+    plan
+        The plan that ran (after optimization).
+    seconds
+        Wall time of the run.
+    """
+
+    df: pl.DataFrame
+    row_ids: pl.Series
+    lineage: pl.DataFrame
+    prompts: pl.DataFrame
+    step_metrics: list[StepMetrics]
+    plan: Node
+    seconds: float
+    engine_model: str
+
+    @property
+    def metrics(self) -> pl.DataFrame:
+        return pl.DataFrame([vars(m) for m in self.step_metrics]) if self.step_metrics else pl.DataFrame()
+
+    @property
+    def engine_requests(self) -> int:
+        return sum(m.engine_requests for m in self.step_metrics)
+
+
+@dataclass
+class Executor:
+    """Runs plans on one engine.
+
+    Parameters
+    ----------
+    engine
+        What answers the semantic steps.
+    batch_size
+        Rows per semantic batch; each batch's distinct requests go to the engine in one call.
+    exact_cache
+        Optional persistent cache of answers (see :mod:`semframe.cache`).
+    lineage
+        Record per-cell lineage (on by default; cheap).
+    on_engine_batch
+        Called with each engine batch's completions as it finishes (progress, budgets).
+    """
+
+    engine: Engine | None
+    batch_size: int = 512
+    exact_cache: Any = None
+    lineage: bool = True
+    on_engine_batch: Callable[[list[Completion]], None] | None = None
+    _recorder: LineageRecorder = field(init=False)
+    _metrics: list[StepMetrics] = field(init=False)
+    _step_index: dict[int, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def run(self, plan: Node) -> RunResult:
+        start = time.perf_counter()
+        self._recorder = LineageRecorder(enabled=self.lineage)
+        self._metrics = []
+        # Steps are numbered bottom-up: step 0 runs first.
+        steps = [n for n in walk(plan) if isinstance(n, SemanticStep)][::-1]
+        self._step_index = {id(s): i for i, s in enumerate(steps)}
+        batches = list(self._stream(plan))
+        frame = pl.concat(batches, how="vertical") if batches else self._empty(plan)
+        row_ids = frame[ROW_ID] if ROW_ID in frame.columns else pl.Series(ROW_ID, [None] * frame.height, pl.UInt32)
+        return RunResult(
+            df=frame.drop(ROW_ID, strict=False),
+            row_ids=row_ids,
+            lineage=self._recorder.to_frame(),
+            prompts=self._recorder.prompts_frame(),
+            step_metrics=sorted(self._metrics, key=lambda m: m.step),
+            plan=plan,
+            seconds=time.perf_counter() - start,
+            engine_model=self.engine.model if self.engine is not None else "",
+        )
+
+    @staticmethod
+    def _empty(plan: Node) -> pl.DataFrame:
+        return pl.DataFrame(schema=dict(plan.schema) | {ROW_ID: pl.UInt32})
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _stream(self, node: Node) -> Iterator[pl.DataFrame]:
+        lazy = self._lazy(node)
+        if lazy is not None:
+            return self._stream_lazy(lazy, node)
+        if isinstance(node, SemanticStep):
+            return self._visit_semantic(node)
+        visit = getattr(self, f"_visit_{type(node).__name__}", None)
+        if visit is None:
+            if isinstance(node, Relational):
+                return self._visit_relational(node)
+            raise PlanError(f"the executor cannot run {type(node).__name__} nodes")
+        return visit(node)
+
+    def _lazy(self, node: Node) -> pl.LazyFrame | None:
+        """The subtree as one polars query, if it is relational all the way down to the scan."""
+        if isinstance(node, Scan):
+            lf = node.source.frame
+            if node.columns_read is not None:
+                lf = lf.select(list(node.columns_read))
+            return lf.with_row_index(ROW_ID)
+        if isinstance(node, Relational):
+            below = self._lazy(node.child)  # type: ignore[attr-defined]
+            return None if below is None else _apply(node, below)
+        return None
+
+    def _stream_lazy(self, lf: pl.LazyFrame, node: Node) -> Iterator[pl.DataFrame]:
+        source = next(n for n in walk(node) if isinstance(n, Scan)).source
+        if source.in_memory:
+            yield from lf.collect().iter_slices(self.batch_size)
+            return
+        batches = lf.collect_batches(chunk_size=self.batch_size)
+        try:
+            yield from batches
+        finally:
+            stop = getattr(batches, "stop", None)
+            if stop is not None:
+                stop()
+
+    # ------------------------------------------------------------------ relational over a stream
+
+    def _visit_Head(self, node: Head) -> Iterator[pl.DataFrame]:
+        remaining = node.n
+        if remaining == 0:
+            return
+        for batch in self._stream(node.child):
+            if batch.height >= remaining:
+                yield batch.head(remaining)
+                return
+            remaining -= batch.height
+            yield batch
+
+    def _visit_relational(self, node: Relational) -> Iterator[pl.DataFrame]:
+        child = self._stream(node.child)  # type: ignore[attr-defined]
+        if node.is_elementwise:
+            for batch in child:
+                yield _apply(node, batch.lazy()).collect()
+            return
+        # Needs all rows at once (sort, aggregate, window): gather, apply, re-slice.
+        gathered = list(child)
+        if not gathered:
+            gathered = [self._empty(node.child)]  # type: ignore[attr-defined]
+        yield from _apply(node, pl.concat(gathered).lazy()).collect().iter_slices(self.batch_size)
+
+    # ------------------------------------------------------------------ semantic
+
+    def _visit_semantic(self, node: SemanticStep) -> Iterator[pl.DataFrame]:
+        if self.engine is None:
+            raise PlanError(f"semantic.{node.operator} needs an engine; pass engine=... or sf.configure(engine=...)")
+        index = self._step_index[id(node)]
+        metrics = StepMetrics(step=index, operator=node.operator, column=node.name)
+        self._metrics.append(metrics)
+        runner = SemanticRunner(
+            step=node,
+            step_index=index,
+            engine=self.engine,
+            recorder=self._recorder,
+            metrics=metrics,
+            exact_cache=self.exact_cache if node.cache is not False else None,
+            on_engine_batch=self.on_engine_batch,
+        )
+        for batch in _rebatch(self._stream(node.child), self.batch_size):
+            yield runner.process(batch)
+
+
+def _apply(node: Relational, lf: pl.LazyFrame) -> pl.LazyFrame:
+    """Apply a relational step, keeping the hidden row-id column alive through selects."""
+    if not isinstance(node, Select):
+        return node.apply(lf)
+    out = node.apply(lf)
+    if ROW_ID in out.collect_schema().names():
+        return out
+    if all(e.expr.meta.is_length_preserving() for e in node.exprs):
+        return lf.select([*(e.expr for e in node.exprs), pl.col(ROW_ID)])
+    return out.with_columns(pl.lit(None, dtype=pl.UInt32).alias(ROW_ID))
+
+
+def _rebatch(stream: Iterator[pl.DataFrame], size: int) -> Iterator[pl.DataFrame]:
+    """Regroup a stream of batches of any size into batches of ``size`` rows (the last may be short)."""
+    pending: list[pl.DataFrame] = []
+    count = 0
+    for batch in stream:
+        if batch.height == 0:
+            continue
+        pending.append(batch)
+        count += batch.height
+        while count >= size:
+            merged = pl.concat(pending) if len(pending) > 1 else pending[0]
+            yield merged.head(size)
+            rest = merged.slice(size)
+            pending, count = ([rest], rest.height) if rest.height else ([], 0)
+    if count:
+        yield pl.concat(pending) if len(pending) > 1 else pending[0]

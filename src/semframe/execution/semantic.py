@@ -1,0 +1,200 @@
+"""The physical semantic operator: one batch of rows in, the same batch with answers out.
+
+For each batch it renders every row's prompt (vectorized, values inserted literally), skips rows
+whose input is null or empty, answers repeats from the in-run memo (when the step dedupes) and
+from the caches, sends the remaining distinct requests to the engine in one call, and records
+one lineage entry per row.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from semframe.engines.base import Completion, Engine, Request
+from semframe.execution.lineage import LineageRecorder, Outcome, StepMetrics
+from semframe.execution.prompts import build_request, shared_text
+from semframe.plan.nodes import ROW_ID, SemanticStep, SemFilter
+
+_NESTED = (pl.List, pl.Array, pl.Struct, pl.Object)
+
+
+def text_expr(column: str, dtype: pl.DataType) -> pl.Expr:
+    """The column as text for a prompt.
+
+    Strings pass through; numbers, booleans, dates and other scalars are cast with polars'
+    own formatting; lists and structs become JSON.
+    """
+    col = pl.col(column)
+    if dtype == pl.String:
+        return col
+    if isinstance(dtype, _NESTED):
+        return col.map_elements(lambda v: json.dumps(v, default=str, ensure_ascii=False), return_dtype=pl.String)
+    return col.cast(pl.String)
+
+
+def render_texts(step: SemanticStep, batch: pl.DataFrame) -> tuple[list[str | None], list[str | None]]:
+    """Render the step's template for every row.
+
+    Returns ``(texts, skip_reasons)``: a row whose referenced value is null, or whose
+    referenced values are all empty or whitespace, gets text None and a reason.
+    """
+    template = step.template
+    cols = template.columns
+    schema = batch.schema
+    exprs = [text_expr(c, schema[c]).alias(f"__sf_t{i}") for i, c in enumerate(cols)]
+    texts = batch.select(exprs)
+    pieces: list[pl.Expr] = []
+    index = {c: i for i, c in enumerate(cols)}
+    for k, part in enumerate(template.parts):
+        if k % 2 == 0:
+            if part:
+                pieces.append(pl.lit(part, dtype=pl.String))
+        else:
+            pieces.append(pl.col(f"__sf_t{index[part]}"))
+    tcols = [pl.col(f"__sf_t{i}") for i in range(len(cols))]
+    frame = texts.select(
+        pl.concat_str(pieces, ignore_nulls=False).alias("text"),
+        pl.any_horizontal([c.is_null() for c in tcols]).alias("has_null"),
+        pl.all_horizontal([c.str.strip_chars().str.len_chars() == 0 for c in tcols]).alias("all_empty"),
+    )
+    rendered = frame["text"].to_list()
+    reasons: list[str | None] = [None] * len(rendered)
+    null_cols = [c for i, c in enumerate(cols) if texts[f"__sf_t{i}"].null_count()]
+    for i, (has_null, all_empty) in enumerate(zip(frame["has_null"], frame["all_empty"])):
+        if has_null:
+            which = [c for c in null_cols if batch[c][i] is None]
+            reasons[i] = f"null input in column {which[0]!r}" if which else "null input"
+            rendered[i] = None
+        elif all_empty:
+            reasons[i] = "empty input text"
+            rendered[i] = None
+    return rendered, reasons
+
+
+@dataclass
+class SemanticRunner:
+    """Runs one semantic step of one run, batch by batch.
+
+    ``exact_cache`` (optional) has ``get_many(fingerprint, keys) -> {key: Completion}`` and
+    ``put_many(fingerprint, [(key, Request, Completion)])``; answers are stored as each engine
+    batch finishes.
+    """
+
+    step: SemanticStep
+    step_index: int
+    engine: Engine
+    recorder: LineageRecorder
+    metrics: StepMetrics
+    exact_cache: Any = None
+    on_engine_batch: Callable[[list[Completion]], None] | None = None
+    _memo: dict[str, tuple[Completion, int]] = field(default_factory=dict)
+    _shared: str = ""
+
+    def __post_init__(self) -> None:
+        self._shared = shared_text(self.step)
+        self._fingerprint = self.engine.fingerprint() if self.exact_cache is not None else ""
+
+    def process(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Answer every row of ``batch``; return it with the output column (or filtered)."""
+        start = time.perf_counter()
+        step = self.step
+        texts, reasons = render_texts(step, batch)
+        row_ids = batch[ROW_ID].to_list()
+        outcomes: list[Outcome | None] = [None] * len(texts)
+        requests: list[Request | None] = [None] * len(texts)
+        for i, text in enumerate(texts):
+            if text is None:
+                outcomes[i] = Outcome(None, "skipped", error=reasons[i])
+            else:
+                requests[i] = build_request(step, text, self._shared)
+        self._resolve(requests, row_ids, outcomes)
+        done: list[Outcome] = outcomes  # type: ignore[assignment]
+        self.recorder.record(self.step_index, step.operator, step.name, self.engine.model, row_ids, done)
+        for o in done:
+            self.metrics.add(o)
+        self.metrics.rows_in += batch.height
+        out = self._attach(batch, [o.value for o in done])
+        self.metrics.rows_out += out.height
+        self.metrics.seconds += time.perf_counter() - start
+        return out
+
+    # ------------------------------------------------------------------ resolution
+
+    def _resolve(self, requests: list[Request | None], row_ids: list[int], outcomes: list[Outcome | None]) -> None:
+        dedupe = self.step.dedupe
+        # Rows still to answer, grouped by request key (one group per row when not deduping).
+        pending: dict[str, list[int]] = {}
+        keyed: dict[str, Request] = {}
+        for i, req in enumerate(requests):
+            if req is None:
+                continue
+            key = req.key
+            self.recorder.remember_prompt(key, req.prompt_text)
+            if dedupe and key in self._memo:
+                comp, first_row = self._memo[key]
+                outcomes[i] = _outcome(comp, "dedup", key, source_row_id=first_row, free=True)
+                continue
+            group_key = key if dedupe else f"{key}#{i}"
+            pending.setdefault(group_key, []).append(i)
+            keyed[group_key] = req
+        if not pending:
+            return
+        if self.exact_cache is not None:
+            real_keys = {gk: keyed[gk].key for gk in pending}
+            hits = self.exact_cache.get_many(self._fingerprint, set(real_keys.values()))
+            for gk in [gk for gk in pending if real_keys[gk] in hits]:
+                self._fan_out(hits[real_keys[gk]], "exact_cache", real_keys[gk], pending.pop(gk), row_ids, outcomes)
+        if not pending:
+            return
+        order = list(pending)
+        completions = self.engine.generate([keyed[gk] for gk in order])
+        self.metrics.engine_batches += 1
+        if self.exact_cache is not None:
+            self.exact_cache.put_many(self._fingerprint, [(keyed[gk].key, keyed[gk], c)
+                                                          for gk, c in zip(order, completions) if c.ok])
+        if self.on_engine_batch is not None:
+            self.on_engine_batch(completions)
+        for gk, comp in zip(order, completions):
+            self._fan_out(comp, "engine", keyed[gk].key, pending[gk], row_ids, outcomes)
+
+    def _fan_out(self, comp: Completion, source: str, key: str, rows: list[int],
+                 row_ids: list[int], outcomes: list[Outcome | None]) -> None:
+        first = rows[0]
+        outcomes[first] = _outcome(comp, source, key, free=source != "engine")
+        for i in rows[1:]:
+            outcomes[i] = _outcome(comp, "dedup", key, source_row_id=row_ids[first], free=True)
+        if self.step.dedupe:
+            self._memo.setdefault(key, (comp, row_ids[first]))
+
+    # ------------------------------------------------------------------ output
+
+    def _attach(self, batch: pl.DataFrame, values: list[Any]) -> pl.DataFrame:
+        step = self.step
+        if isinstance(step, SemFilter):
+            return batch.filter(pl.Series([v == "YES" for v in values], dtype=pl.Boolean))
+        series = pl.Series(step.name, values, dtype=step.output_dtype, strict=False)
+        return batch.with_columns(series)
+
+
+def _outcome(comp: Completion, source: str, key: str, *, source_row_id: int | None = None,
+             free: bool = False) -> Outcome:
+    """An Outcome from a completion; ``free`` rows reuse an answer and cost no tokens."""
+    return Outcome(
+        value=comp.value,
+        source=source,
+        request_key=key,
+        raw_output=comp.text,
+        error=comp.error,
+        finish_reason=comp.finish_reason,
+        prompt_tokens=0 if free else comp.prompt_tokens,
+        cached_prompt_tokens=0 if free else comp.cached_prompt_tokens,
+        output_tokens=0 if free else comp.output_tokens,
+        latency_s=0.0 if free else comp.latency_s,
+        source_row_id=source_row_id,
+    )

@@ -1,0 +1,174 @@
+"""The four semantic verbs, shared by every frontend: each builds one plan node.
+
+Frontends differ only in where the plan starts (a polars DataFrame or LazyFrame, a pandas
+DataFrame, a semframe lazy frame) and in what they return (a lazy frame, or the collected
+result); :class:`SemanticVerbs` takes both as hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from semframe.errors import PlanError
+from semframe.plan.nodes import Node, SemClassify, SemExtract, SemFilter, SemMap
+from semframe.plan.spec import ChoiceSpec, JsonSpec, TextSpec
+from semframe.plan.template import Template
+
+#: Similarity threshold used when a step is given ``semantic_cache=True``.
+DEFAULT_SEMANTIC_THRESHOLD = 0.95
+
+
+def resolve_template(text: Any, columns: Sequence[str], where: str) -> Template:
+    """A column name means that column's text; anything else is a ``{column}`` template."""
+    if not isinstance(text, str):
+        raise PlanError(f"{where}: expected a column name or a template string, got {type(text).__name__}")
+    if text in columns:
+        return Template.for_column(text)
+    template = Template.parse(text)
+    if not template.columns:
+        cols = ", ".join(repr(c) for c in columns)
+        raise PlanError(
+            f"{where}: {text!r} is neither a column nor a template that references one "
+            f"(write '{{column}}' in the text); columns are {cols}"
+        )
+    template.check_columns(columns, where)
+    return template
+
+
+def _semantic_cache(value: bool | float | None, where: str) -> float | None:
+    if value is None or value is False:
+        return None
+    if value is True:
+        return DEFAULT_SEMANTIC_THRESHOLD
+    if isinstance(value, (int, float)) and 0 < value <= 1:
+        return float(value)
+    raise PlanError(f"{where}: semantic_cache must be True, False or a similarity threshold in (0, 1], got {value!r}")
+
+
+def _labels(labels: Any) -> tuple[str, ...]:
+    if isinstance(labels, str) or not isinstance(labels, Sequence):
+        raise PlanError(
+            f"semantic.classify: labels must be a list of strings such as ['YES', 'NO'], got {labels!r}"
+        )
+    return tuple(labels)
+
+
+class SemanticVerbs:
+    """``classify``, ``filter``, ``extract`` and ``map``; subclasses say where plans start and end."""
+
+    def _plan(self) -> Node:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _finish(self, node: Node, run_options: dict[str, Any]) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def classify(self, column: str, labels: Sequence[str], *, instruction: str | None = None,
+                 name: str = "classify", max_tokens: int | None = None, temperature: float = 0.0,
+                 cache: bool | None = None, semantic_cache: bool | float | None = None,
+                 **run_options: Any) -> Any:
+        """Label each row with one of ``labels`` (a string column; null where no answer).
+
+        Parameters
+        ----------
+        column
+            A column name (its text is classified) or a template such as ``"{title}: {body}"``.
+        labels
+            The possible answers, e.g. ``["positive", "negative", "neutral"]``.
+        instruction
+            The task, shared by every row, e.g. ``"Is the title about European history?"``.
+        name
+            The output column.
+        max_tokens, temperature
+            Decoding limits (the default max_tokens fits the longest label).
+        cache
+            ``False`` skips the persistent exact cache for this step.
+        semantic_cache
+            ``True`` (or a similarity threshold) reuses answers for near-duplicate texts.
+
+        Examples
+        --------
+        >>> import polars as pl, semframe as sf
+        >>> df = pl.DataFrame({"review": ["Great!", "Awful."]})
+        >>> out = df.semantic.classify("review", ["pos", "neg"], engine=sf.DeterministicEngine())
+        >>> out.columns
+        ['review', 'classify']
+        """
+        plan = self._plan()
+        where = "semantic.classify"
+        node = SemClassify(
+            plan, resolve_template(column, plan.columns, where), instruction, ChoiceSpec(_labels(labels)),
+            name, max_tokens, temperature, cache=cache, semantic_cache=_semantic_cache(semantic_cache, where),
+        )
+        return self._finish(node, run_options)
+
+    def filter(self, question: str, *, instruction: str | None = None, max_tokens: int | None = None,
+               temperature: float = 0.0, cache: bool | None = None,
+               semantic_cache: bool | float | None = None, **run_options: Any) -> Any:
+        """Keep the rows for which the model answers YES to ``question``.
+
+        ``question`` is a template such as ``"Is {title} about a war?"`` (or a column name whose
+        text is the question). Rows with no answer (null input, a failed answer) are dropped,
+        as polars drops rows whose predicate is null.
+
+        Examples
+        --------
+        >>> import polars as pl, semframe as sf
+        >>> df = pl.DataFrame({"title": ["War and Peace", "Cooking"]})
+        >>> yes = sf.DeterministicEngine(responder=lambda r: "YES" if "War" in r.prompt_text else "NO")
+        >>> df.semantic.filter("Is {title} about a war?", engine=yes)["title"].to_list()
+        ['War and Peace']
+        """
+        plan = self._plan()
+        where = "semantic.filter"
+        node = SemFilter(
+            plan, resolve_template(question, plan.columns, where), instruction, ChoiceSpec(("YES", "NO")),
+            None, max_tokens, temperature, cache=cache, semantic_cache=_semantic_cache(semantic_cache, where),
+        )
+        return self._finish(node, run_options)
+
+    def extract(self, column: str, schema: Any, *, instruction: str | None = None, name: str = "extract",
+                max_tokens: int | None = None, temperature: float = 0.0, cache: bool | None = None,
+                semantic_cache: bool | float | None = None, **run_options: Any) -> Any:
+        """Extract typed fields from each row into a struct column.
+
+        ``schema`` is a dict of field name -> type (``str``, ``int``, ``float``, ``bool``,
+        ``list[str]``, ``Optional[...]``) or a pydantic model. The engine decodes under the
+        schema's JSON schema, so answers parse; a row whose answer still does not fit gets null.
+
+        Examples
+        --------
+        >>> import polars as pl, semframe as sf
+        >>> df = pl.DataFrame({"title": ["Battle of Hastings, 1066"]})
+        >>> out = df.semantic.extract("title", {"place": str, "year": int}, name="facts",
+        ...                           engine=sf.DeterministicEngine())
+        >>> out.schema["facts"]
+        Struct({'place': String, 'year': Int64})
+        """
+        plan = self._plan()
+        where = "semantic.extract"
+        node = SemExtract(
+            plan, resolve_template(column, plan.columns, where), instruction, JsonSpec.from_schema(schema, where),
+            name, max_tokens, temperature, cache=cache, semantic_cache=_semantic_cache(semantic_cache, where),
+        )
+        return self._finish(node, run_options)
+
+    def map(self, template: str, *, name: str = "map", instruction: str | None = None,
+            max_tokens: int | None = None, temperature: float = 0.0, cache: bool | None = None,
+            semantic_cache: bool | float | None = None, **run_options: Any) -> Any:
+        """Free text for each row, e.g. ``map("Summarize {title} in five words.", name="gist")``.
+
+        Examples
+        --------
+        >>> import polars as pl, semframe as sf
+        >>> df = pl.DataFrame({"title": ["The history of Rome"]})
+        >>> df.semantic.map("Summarize {title}.", name="gist", engine=sf.DeterministicEngine())["gist"][0]
+        'echo: Summarize The history of Rome.'
+        """
+        plan = self._plan()
+        where = "semantic.map"
+        node = SemMap(
+            plan, resolve_template(template, plan.columns, where), instruction, TextSpec(),
+            name, max_tokens, temperature, cache=cache, semantic_cache=_semantic_cache(semantic_cache, where),
+        )
+        return self._finish(node, run_options)
