@@ -20,7 +20,7 @@ from typing import Any
 
 import polars as pl
 
-from semframe.engines.base import Completion, Engine
+from semframe.engines.base import Completion, Engine, Request
 from semframe.errors import PlanError
 from semframe.execution.lineage import LineageRecorder, StepMetrics
 from semframe.execution.semantic import SemanticRunner
@@ -90,6 +90,8 @@ class Executor:
         Optional persistent cache of answers (see :mod:`semframe.cache`).
     lineage
         Record per-cell lineage (on by default; cheap).
+    before_engine_batch
+        Called with each batch of requests before it is sent; may raise to stop (budgets).
     on_engine_batch
         Called with each engine batch's completions as it finishes (progress, budgets).
     """
@@ -98,6 +100,7 @@ class Executor:
     batch_size: int = 512
     exact_cache: Any = None
     lineage: bool = True
+    before_engine_batch: Callable[[list[Request]], None] | None = None
     on_engine_batch: Callable[[list[Completion]], None] | None = None
     _recorder: LineageRecorder = field(init=False)
     _metrics: list[StepMetrics] = field(init=False)
@@ -212,6 +215,7 @@ class Executor:
             recorder=self._recorder,
             metrics=metrics,
             exact_cache=self.exact_cache if node.cache is not False else None,
+            before_engine_batch=self.before_engine_batch,
             on_engine_batch=self.on_engine_batch,
         )
         for batch in _rebatch(self._stream(node.child), self.batch_size):

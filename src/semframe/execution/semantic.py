@@ -81,6 +81,8 @@ def render_texts(step: SemanticStep, batch: pl.DataFrame) -> tuple[list[str | No
 class SemanticRunner:
     """Runs one semantic step of one run, batch by batch.
 
+    ``before_engine_batch`` is called with each batch of requests before it goes to the engine
+    and may raise to stop the run (budgets); ``on_engine_batch`` gets the completions after.
     ``exact_cache`` (optional) has ``get_many(fingerprint, keys) -> {key: Completion}`` and
     ``put_many(fingerprint, [(key, Request, Completion)])``; answers are stored as each engine
     batch finishes.
@@ -92,6 +94,7 @@ class SemanticRunner:
     recorder: LineageRecorder
     metrics: StepMetrics
     exact_cache: Any = None
+    before_engine_batch: Callable[[list[Request]], None] | None = None
     on_engine_batch: Callable[[list[Completion]], None] | None = None
     _memo: dict[str, tuple[Completion, int]] = field(default_factory=dict)
     _shared: str = ""
@@ -153,7 +156,10 @@ class SemanticRunner:
         if not pending:
             return
         order = list(pending)
-        completions = self.engine.generate([keyed[gk] for gk in order])
+        batch = [keyed[gk] for gk in order]
+        if self.before_engine_batch is not None:
+            self.before_engine_batch(batch)  # may raise (a budget) before anything is spent
+        completions = self.engine.generate(batch)
         self.metrics.engine_batches += 1
         if self.exact_cache is not None:
             self.exact_cache.put_many(self._fingerprint, [(keyed[gk].key, keyed[gk], c)
