@@ -8,7 +8,6 @@ one lineage entry per row.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,20 +20,22 @@ from semframe.execution.lineage import LineageRecorder, Outcome, StepMetrics
 from semframe.execution.prompts import build_request, shared_text
 from semframe.plan.nodes import ROW_ID, SemanticStep, SemFilter
 
-_NESTED = (pl.List, pl.Array, pl.Struct, pl.Object)
+_NESTED = (pl.List, pl.Array, pl.Struct)
 
 
 def text_expr(column: str, dtype: pl.DataType) -> pl.Expr:
     """The column as text for a prompt.
 
     Strings pass through; numbers, booleans, dates and other scalars are cast with polars'
-    own formatting; lists and structs become JSON.
+    own formatting; lists, arrays and structs become compact JSON. Nulls stay null.
     """
     col = pl.col(column)
     if dtype == pl.String:
         return col
     if isinstance(dtype, _NESTED):
-        return col.map_elements(lambda v: json.dumps(v, default=str, ensure_ascii=False), return_dtype=pl.String)
+        wrapped = pl.struct(col.alias("v")).struct.json_encode()
+        as_json = wrapped.str.strip_prefix('{"v":').str.strip_suffix("}")
+        return pl.when(col.is_null()).then(pl.lit(None, dtype=pl.String)).otherwise(as_json)
     return col.cast(pl.String)
 
 

@@ -52,7 +52,6 @@ class PandasSemanticAccessor(SemanticVerbs):
         positions = result.row_ids.to_numpy()
         out = pdf.iloc[positions].copy()
         if node.name is not None:
-            column = result.df[node.name]
-            values = column.to_list() if isinstance(column.dtype, pl.Struct) else column.to_pandas()
-            out[node.name] = pd.Series(list(values), index=out.index, dtype="object")
+            # An object column: labels and text as str, extract results as dicts, no answer as None.
+            out[node.name] = pd.Series(result.df[node.name].to_list(), index=out.index, dtype="object")
         return out

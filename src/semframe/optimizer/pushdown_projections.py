@@ -3,6 +3,7 @@
 Walks the plan from the top with the set of columns still needed. At the scan, unused columns
 are not read. A row-preserving semantic step (classify, extract, map) whose output column is
 projected away is removed: its answers could never be seen, so they are never asked for.
+A ``drop`` becomes the projection of the columns it keeps.
 
 Example::
 
@@ -15,6 +16,8 @@ Example::
 from __future__ import annotations
 
 from dataclasses import replace
+
+import polars as pl
 
 from semframe.plan.nodes import (
     Drop,
@@ -71,7 +74,9 @@ def _prune(node: Node, needed: Needed) -> Node:
     elif isinstance(node, Head):
         below = needed
     elif isinstance(node, Drop):
-        below = frozenset(node.columns) if needed is None else needed
+        # The same columns as a projection, so the dropped ones need not be read at all.
+        keep = tuple(c for c in node.columns if needed is None or c in needed)
+        return _prune(Select(node.child, tuple(PlExpr(pl.col(c)) for c in keep)), needed)
     elif isinstance(node, Rename):
         back = {new: old for old, new in node.mapping}
         below = None if needed is None else frozenset(back.get(c, c) for c in needed)
