@@ -82,11 +82,15 @@ def render_texts(step: SemanticStep, batch: pl.DataFrame) -> tuple[list[str | No
 class SemanticRunner:
     """Runs one semantic step of one run, batch by batch.
 
+    Each row is answered by the first of: the in-run memo (an identical request earlier in the
+    run, when the step dedupes), the exact cache, the semantic cache (when the step has a
+    threshold), the engine. ``exact_cache`` (optional) has ``get_many(fingerprint, keys) ->
+    {key: Completion}``, ``put_many(fingerprint, [(key, Request, Completion)])`` and ``store``
+    (its :class:`~semframe.cache.store.AnswerStore`, where semantic entries persist too); answers
+    are stored as each engine batch finishes. Without it the semantic cache lasts one run.
+
     ``before_engine_batch`` is called with each batch of requests before it goes to the engine
     and may raise to stop the run (budgets); ``on_engine_batch`` gets the completions after.
-    ``exact_cache`` (optional) has ``get_many(fingerprint, keys) -> {key: Completion}`` and
-    ``put_many(fingerprint, [(key, Request, Completion)])``; answers are stored as each engine
-    batch finishes.
     """
 
     step: SemanticStep
@@ -102,7 +106,9 @@ class SemanticRunner:
 
     def __post_init__(self) -> None:
         self._shared = shared_text(self.step)
-        self._fingerprint = self.engine.fingerprint() if self.exact_cache is not None else ""
+        needs_fp = self.exact_cache is not None or self.step.semantic_cache is not None
+        self._fingerprint = self.engine.fingerprint() if needs_fp else ""
+        self._semantic: Any = None  # created on first use (it loads the embedding model)
 
     def process(self, batch: pl.DataFrame) -> pl.DataFrame:
         """Answer every row of ``batch``; return it with the output column (or filtered)."""
@@ -117,7 +123,7 @@ class SemanticRunner:
                 outcomes[i] = Outcome(None, "skipped", error=reasons[i])
             else:
                 requests[i] = build_request(step, text, self._shared)
-        self._resolve(requests, row_ids, outcomes)
+        self._resolve(requests, texts, row_ids, outcomes)
         done: list[Outcome] = outcomes  # type: ignore[assignment]
         self.recorder.record(self.step_index, step.operator, step.name, self.engine.model, row_ids, done)
         for o in done:
@@ -130,7 +136,8 @@ class SemanticRunner:
 
     # ------------------------------------------------------------------ resolution
 
-    def _resolve(self, requests: list[Request | None], row_ids: list[int], outcomes: list[Outcome | None]) -> None:
+    def _resolve(self, requests: list[Request | None], texts: list[str | None], row_ids: list[int],
+                 outcomes: list[Outcome | None]) -> None:
         dedupe = self.step.dedupe
         # Rows still to answer, grouped by request key (one group per row when not deduping).
         pending: dict[str, list[int]] = {}
@@ -147,9 +154,7 @@ class SemanticRunner:
             group_key = key if dedupe else f"{key}#{i}"
             pending.setdefault(group_key, []).append(i)
             keyed[group_key] = req
-        if not pending:
-            return
-        if self.exact_cache is not None:
+        if pending and self.exact_cache is not None:
             real_keys = {gk: keyed[gk].key for gk in pending}
             hits = self.exact_cache.get_many(self._fingerprint, set(real_keys.values()))
             for gk in [gk for gk in pending if real_keys[gk] in hits]:
@@ -157,23 +162,90 @@ class SemanticRunner:
         if not pending:
             return
         order = list(pending)
-        batch = [keyed[gk] for gk in order]
+        if self.step.semantic_cache is None:
+            completions = self._ask_engine([keyed[gk] for gk in order])
+            for gk, comp in zip(order, completions):
+                self._fan_out(comp, "engine", keyed[gk].key, pending[gk], row_ids, outcomes)
+            return
+        self._resolve_semantic(order, pending, keyed, texts, row_ids, outcomes)
+
+    def _resolve_semantic(self, order: list[str], pending: dict[str, list[int]], keyed: dict[str, Request],
+                          texts: list[str | None], row_ids: list[int], outcomes: list[Outcome | None]) -> None:
+        """Reuse answers of near-duplicate texts; send one representative per cluster to the engine."""
+        from semframe.cache.embed import text_digest
+        from semframe.cache.semantic import SemanticHit
+
+        cache = self._semantic_cache()
+        group_texts: list[str] = [texts[pending[gk][0]] for gk in order]  # type: ignore[misc]
+        vectors = cache.embed(group_texts)
+        plan = cache.plan(vectors)
+        for pos, hit in plan.hits.items():
+            gk = order[pos]
+            first = pending[gk][0]
+            cache.note_hit(keyed[gk], group_texts[pos], hit, row_ids[first])
+            self._fan_out(hit.completion, "semantic_cache", keyed[gk].key, pending[gk], row_ids, outcomes,
+                          similarity=hit.similarity, source_row_id=hit.source_row_id)
+        reps = plan.representatives
+        completions = self._ask_engine([keyed[order[p]] for p in reps])
+        answer = dict(zip(reps, completions))
+        for p, comp in answer.items():
+            self._fan_out(comp, "engine", keyed[order[p]].key, pending[order[p]], row_ids, outcomes)
+        cache.add(vectors[reps], completions, [row_ids[pending[order[p]][0]] for p in reps],
+                  [text_digest(group_texts[p]) for p in reps])
+        # A member reuses its representative's answer; if that failed, it asks for itself.
+        retry = [m for m, (rep, _) in plan.members.items() if not answer[rep].ok]
+        retried = dict(zip(retry, self._ask_engine([keyed[order[m]] for m in retry]))) if retry else {}
+        for m, (rep, sim) in plan.members.items():
+            gk = order[m]
+            if m in retried:
+                self._fan_out(retried[m], "engine", keyed[gk].key, pending[gk], row_ids, outcomes)
+                continue
+            hit = SemanticHit(answer[rep], sim, row_ids[pending[order[rep]][0]])
+            cache.note_hit(keyed[gk], group_texts[m], hit, row_ids[pending[gk][0]])
+            self._fan_out(hit.completion, "semantic_cache", keyed[gk].key, pending[gk], row_ids, outcomes,
+                          similarity=sim, source_row_id=hit.source_row_id)
+
+    def _semantic_cache(self) -> Any:
+        if self._semantic is None:
+            from semframe.cache.embed import default_embedder
+            from semframe.cache.semantic import SemanticCache, semantic_step_key
+
+            step = self.step
+            embedder = default_embedder()
+            key = semantic_step_key({
+                "operator": step.operator,
+                "shared": self._shared,
+                "template": step.template.source,
+                "spec": step.spec.to_dict(),
+                "max_tokens": step.effective_max_tokens,
+                "temperature": step.temperature,
+                "layout": step.layout,
+                "engine": self._fingerprint,
+            }, embedder.model_id)
+            store = getattr(self.exact_cache, "store", None)
+            self._semantic = SemanticCache(key, step.semantic_cache, embedder, store)  # type: ignore[arg-type]
+        return self._semantic
+
+    def _ask_engine(self, batch: list[Request]) -> list[Completion]:
+        """One engine call; answers go to the exact cache as soon as it returns."""
+        if not batch:
+            return []
         if self.before_engine_batch is not None:
             self.before_engine_batch(batch)  # may raise (a budget) before anything is spent
         completions = self.engine.generate(batch)
         self.metrics.engine_batches += 1
         if self.exact_cache is not None:
-            self.exact_cache.put_many(self._fingerprint, [(keyed[gk].key, keyed[gk], c)
-                                                          for gk, c in zip(order, completions) if c.ok])
+            self.exact_cache.put_many(self._fingerprint, [(r.key, r, c) for r, c in zip(batch, completions) if c.ok])
         if self.on_engine_batch is not None:
             self.on_engine_batch(completions)
-        for gk, comp in zip(order, completions):
-            self._fan_out(comp, "engine", keyed[gk].key, pending[gk], row_ids, outcomes)
+        return completions
 
-    def _fan_out(self, comp: Completion, source: str, key: str, rows: list[int],
-                 row_ids: list[int], outcomes: list[Outcome | None]) -> None:
+    def _fan_out(self, comp: Completion, source: str, key: str, rows: list[int], row_ids: list[int],
+                 outcomes: list[Outcome | None], *, similarity: float | None = None,
+                 source_row_id: int | None = None) -> None:
         first = rows[0]
-        outcomes[first] = _outcome(comp, source, key, free=source != "engine")
+        outcomes[first] = _outcome(comp, source, key, free=source != "engine", similarity=similarity,
+                                   source_row_id=source_row_id)
         for i in rows[1:]:
             outcomes[i] = _outcome(comp, "dedup", key, source_row_id=row_ids[first], free=True)
         if self.step.dedupe:
@@ -190,7 +262,7 @@ class SemanticRunner:
 
 
 def _outcome(comp: Completion, source: str, key: str, *, source_row_id: int | None = None,
-             free: bool = False) -> Outcome:
+             free: bool = False, similarity: float | None = None) -> Outcome:
     """An Outcome from a completion; ``free`` rows reuse an answer and cost no tokens."""
     return Outcome(
         value=comp.value,
@@ -204,4 +276,5 @@ def _outcome(comp: Completion, source: str, key: str, *, source_row_id: int | No
         output_tokens=0 if free else comp.output_tokens,
         latency_s=0.0 if free else comp.latency_s,
         source_row_id=source_row_id,
+        similarity=similarity,
     )
