@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger("semframe")
+# A library logs; the application decides where logs go (``logging.basicConfig(level="INFO")``).
+logger.addHandler(logging.NullHandler())
 
 _UNSET: Any = object()
 
@@ -25,6 +27,8 @@ class Settings:
     cache_dir: Path | None = None
     lineage: bool = True
     progress: bool | None = None  # None: show when attached to a terminal or notebook
+    machine: str | None = None  # a key of semframe.accounting.MACHINE_PRICES; None: by the engine's device
+    hourly_price: float | None = None  # USD per hour of the machine; overrides the machine's price
 
 
 settings = Settings()
@@ -32,7 +36,8 @@ settings = Settings()
 
 def configure(*, engine: Any = _UNSET, batch_size: int = _UNSET, cache: bool = _UNSET,
               cache_dir: str | os.PathLike | None = _UNSET, lineage: bool = _UNSET,
-              progress: bool | None = _UNSET) -> Settings:
+              progress: bool | None = _UNSET, machine: str | None = _UNSET,
+              hourly_price: float | None = _UNSET) -> Settings:
     """Set process-wide defaults; every argument left out keeps its current value.
 
     Parameters
@@ -51,6 +56,12 @@ def configure(*, engine: Any = _UNSET, batch_size: int = _UNSET, cache: bool = _
         Record per-cell lineage.
     progress
         Show a progress bar (None: only in a terminal or notebook).
+    machine
+        Which machine price a local run is charged at: a key of
+        ``sf.accounting.MACHINE_PRICES`` (``"cpu-2vcpu"``, ``"gpu-h100"``, or one added with
+        ``sf.register_machine_price``). None picks by the engine's device.
+    hourly_price
+        USD per hour of the machine, overriding the machine's listed price (None: the listed one).
     """
     from semframe.engines.base import Engine
 
@@ -70,6 +81,18 @@ def configure(*, engine: Any = _UNSET, batch_size: int = _UNSET, cache: bool = _
         settings.lineage = bool(lineage)
     if progress is not _UNSET:
         settings.progress = progress
+    if machine is not _UNSET:
+        from semframe.accounting.prices import MACHINE_PRICES
+
+        if machine is not None and machine not in MACHINE_PRICES:
+            known = ", ".join(repr(k) for k in MACHINE_PRICES)
+            raise ValueError(f"unknown machine {machine!r}; known machines are {known} "
+                             "(add one with sf.register_machine_price(name, hourly_usd))")
+        settings.machine = machine
+    if hourly_price is not _UNSET:
+        if hourly_price is not None and (not isinstance(hourly_price, (int, float)) or hourly_price < 0):
+            raise ValueError(f"hourly_price must be a non-negative number of USD per hour, got {hourly_price!r}")
+        settings.hourly_price = None if hourly_price is None else float(hourly_price)
     return settings
 
 
@@ -89,4 +112,30 @@ def resolve_engine(engine: Any = None):
         return settings.engine
     from semframe.engines.vllm import default_engine
 
+    logger.info("no engine configured: using the default local vLLM engine")
     return default_engine()
+
+
+def existing_engine(engine: Any = None):
+    """The engine a run would use, but only if it already exists: never starts one.
+
+    The argument, else the configured engine, else the default vLLM engine if this process has
+    already started it (the vLLM module may expose it as ``running_default_engine()``), else None.
+    """
+    if engine is not None:
+        return engine
+    if settings.engine is not None:
+        return settings.engine
+    import sys
+
+    vllm_mod = sys.modules.get("semframe.engines.vllm")
+    if vllm_mod is None:
+        return None
+    running = getattr(vllm_mod, "running_default_engine", None)
+    if callable(running):
+        return running()
+    default = getattr(vllm_mod, "default_engine", None)
+    info = getattr(default, "cache_info", None)  # an lru_cache'd factory: started iff it has an entry
+    if callable(info) and info().currsize:
+        return default()
+    return None

@@ -9,10 +9,15 @@ once (a sort, an aggregate) gathers its input first.
 
 Every batch carries the hidden ``__sf_row_id`` column assigned at the scan: that is how lineage
 names input rows across filters, sorts and heads, and how pandas results get their index back.
+
+Accounting rides on the runner's two hooks: before each engine batch a :class:`Budget` may stop
+the run (``BudgetExceeded``, carrying the partial :class:`RunResult`), and after it the progress
+display and the budget count what was spent.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,9 +25,14 @@ from typing import Any
 
 import polars as pl
 
+from semframe.accounting.budget import Budget
+from semframe.accounting.prices import MachinePrice, machine_price
+from semframe.accounting.tokens import token_counter
 from semframe.engines.base import Completion, Engine, Request
-from semframe.errors import PlanError
+from semframe.errors import BudgetExceeded, PlanError
 from semframe.execution.lineage import LineageRecorder, StepMetrics
+from semframe.execution.progress import Progress
+from semframe.execution.result import RunResult
 from semframe.execution.semantic import SemanticRunner
 from semframe.plan.nodes import (
     ROW_ID,
@@ -36,44 +46,9 @@ from semframe.plan.nodes import (
 )
 
 
-@dataclass
-class RunResult:
-    """Everything a run produced.
+logger = logging.getLogger("semframe")
 
-    Attributes
-    ----------
-    df
-        The result, as a plain polars DataFrame.
-    row_ids
-        For each result row, the id of the input row it came from (None after an aggregation).
-    lineage
-        One row per output cell of every semantic step (see :mod:`semframe.execution.lineage`).
-    prompts
-        ``request_key`` -> full prompt text, one row per distinct request.
-    metrics
-        One row per semantic step: rows, engine requests, cache hits, tokens, time.
-    plan
-        The plan that ran (after optimization).
-    seconds
-        Wall time of the run.
-    """
-
-    df: pl.DataFrame
-    row_ids: pl.Series
-    lineage: pl.DataFrame
-    prompts: pl.DataFrame
-    step_metrics: list[StepMetrics]
-    plan: Node
-    seconds: float
-    engine_model: str
-
-    @property
-    def metrics(self) -> pl.DataFrame:
-        return pl.DataFrame([vars(m) for m in self.step_metrics]) if self.step_metrics else pl.DataFrame()
-
-    @property
-    def engine_requests(self) -> int:
-        return sum(m.engine_requests for m in self.step_metrics)
+__all__ = ["Executor", "RunResult", "relational_frame"]
 
 
 @dataclass
@@ -94,6 +69,12 @@ class Executor:
         Called with each batch of requests before it is sent; may raise to stop (budgets).
     on_engine_batch
         Called with each engine batch's completions as it finishes (progress, budgets).
+    budget
+        Limits on tokens and cost; the run stops before an engine batch that would break them.
+    progress
+        Shows how far the run has got (rows of the first semantic step, calls, tokens, cost).
+    machine
+        The machine price for costs (default: by the engine's device and ``sf.configure``).
     """
 
     engine: Engine | None
@@ -102,6 +83,9 @@ class Executor:
     lineage: bool = True
     before_engine_batch: Callable[[list[Request]], None] | None = None
     on_engine_batch: Callable[[list[Completion]], None] | None = None
+    budget: Budget | None = None
+    progress: Progress | None = None
+    machine: MachinePrice | None = None
     _recorder: LineageRecorder = field(init=False)
     _metrics: list[StepMetrics] = field(init=False)
     _step_index: dict[int, int] = field(init=False)
@@ -111,16 +95,32 @@ class Executor:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
     def run(self, plan: Node) -> RunResult:
+        """Run ``plan``; raise :class:`BudgetExceeded` (with ``.result``, the partial run) if a budget stops it."""
         start = time.perf_counter()
         self._recorder = LineageRecorder(enabled=self.lineage)
         self._metrics = []
+        self._lazy_height: int | None = None
+        machine = self.machine or machine_price(self.engine)
         # Steps are numbered bottom-up: step 0 runs first.
         steps = [n for n in walk(plan) if isinstance(n, SemanticStep)][::-1]
         self._step_index = {id(s): i for i, s in enumerate(steps)}
-        batches = list(self._stream(plan))
+        if steps and self.engine is not None:
+            logger.info("run: %d semantic step(s) on engine %s (model %s), batch_size=%d, lineage %s",
+                        len(steps), self.engine.name, self.engine.model, self.batch_size,
+                        "on" if self.lineage else "off")
+        batches: list[pl.DataFrame] = []
+        stopped: BudgetExceeded | None = None
+        try:
+            for batch in self._stream(plan):
+                batches.append(batch)
+        except BudgetExceeded as exc:
+            stopped = exc
+        finally:
+            if self.progress is not None:
+                self.progress.close()
         frame = pl.concat(batches, how="vertical") if batches else self._empty(plan)
         row_ids = frame[ROW_ID] if ROW_ID in frame.columns else pl.Series(ROW_ID, [None] * frame.height, pl.UInt32)
-        return RunResult(
+        result = RunResult(
             df=frame.drop(ROW_ID, strict=False),
             row_ids=row_ids,
             lineage=self._recorder.to_frame(),
@@ -129,7 +129,18 @@ class Executor:
             plan=plan,
             seconds=time.perf_counter() - start,
             engine_model=self.engine.model if self.engine is not None else "",
+            machine=machine,
+            complete=stopped is None,
+            count_tokens=token_counter(self.engine),
         )
+        if steps:
+            logger.info("run %s: %d rows out, %d engine requests, %.3f s",
+                        "stopped by a budget" if stopped else "done", result.df.height,
+                        result.engine_requests, result.seconds)
+        if stopped is not None:
+            stopped.result = result
+            raise stopped
+        return result
 
     @staticmethod
     def _empty(plan: Node) -> pl.DataFrame:
@@ -151,21 +162,14 @@ class Executor:
         return visit(node)
 
     def _lazy(self, node: Node) -> pl.LazyFrame | None:
-        """The subtree as one polars query, if it is relational all the way down to the scan."""
-        if isinstance(node, Scan):
-            lf = node.source.frame
-            if node.columns_read is not None:
-                lf = lf.select(list(node.columns_read))
-            return lf.with_row_index(ROW_ID)
-        if isinstance(node, Relational):
-            below = self._lazy(node.child)  # type: ignore[attr-defined]
-            return None if below is None else _apply(node, below)
-        return None
+        return relational_frame(node)
 
     def _stream_lazy(self, lf: pl.LazyFrame, node: Node) -> Iterator[pl.DataFrame]:
         source = next(n for n in walk(node) if isinstance(n, Scan)).source
         if source.in_memory:
-            yield from lf.collect().iter_slices(self.batch_size)
+            collected = lf.collect()
+            self._lazy_height = collected.height
+            yield from collected.iter_slices(self.batch_size)
             return
         batches = lf.collect_batches(chunk_size=self.batch_size)
         try:
@@ -215,11 +219,59 @@ class Executor:
             recorder=self._recorder,
             metrics=metrics,
             exact_cache=self.exact_cache if node.cache is not False else None,
-            before_engine_batch=self.before_engine_batch,
-            on_engine_batch=self.on_engine_batch,
+            before_engine_batch=self._before_hook(node, index, metrics),
+            on_engine_batch=self._after_hook(),
         )
+        progress = self.progress if index == 0 else None
+        knows_total = progress is not None and self._lazy(node.child) is not None
         for batch in _rebatch(self._stream(node.child), self.batch_size):
-            yield runner.process(batch)
+            out = runner.process(batch)
+            if progress is not None:
+                if knows_total and progress.total_rows is None:
+                    progress.total_rows = self._lazy_height
+                progress.rows(batch.height)
+            yield out
+
+    def _before_hook(self, node: SemanticStep, index: int,
+                     metrics: StepMetrics) -> Callable[[list[Request]], None] | None:
+        budget, user = self.budget, self.before_engine_batch
+        if budget is None:
+            return user
+
+        def before(requests: list[Request]) -> None:
+            where = f"engine batch {metrics.engine_batches + 1} of step {index} ({node.operator})"
+            budget.check(requests, where)
+            if user is not None:
+                user(requests)
+
+        return before
+
+    def _after_hook(self) -> Callable[[list[Completion]], None] | None:
+        hooks = [h for h in (self.budget and self.budget.spend, self.progress and self.progress.engine_batch,
+                             self.on_engine_batch) if h]
+        if not hooks:
+            return None
+        if len(hooks) == 1:
+            return hooks[0]
+
+        def after(completions: list[Completion]) -> None:
+            for hook in hooks:
+                hook(completions)
+
+        return after
+
+
+def relational_frame(node: Node) -> pl.LazyFrame | None:
+    """The subtree as one polars query (with the row-id column), if it is relational down to the scan."""
+    if isinstance(node, Scan):
+        lf = node.source.frame
+        if node.columns_read is not None:
+            lf = lf.select(list(node.columns_read))
+        return lf.with_row_index(ROW_ID)
+    if isinstance(node, Relational):
+        below = relational_frame(node.child)  # type: ignore[attr-defined]
+        return None if below is None else _apply(node, below)
+    return None
 
 
 def _apply(node: Relational, lf: pl.LazyFrame) -> pl.LazyFrame:

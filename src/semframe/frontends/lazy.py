@@ -14,6 +14,8 @@ from typing import Any
 
 import polars as pl
 
+from semframe.accounting.estimate import PlanEstimate, estimate_plan
+from semframe.config import existing_engine
 from semframe.errors import PlanError
 from semframe.execution.executor import RunResult
 from semframe.execution.run import run_plan
@@ -32,6 +34,7 @@ from semframe.plan.nodes import (
     Sort,
     Source,
     WithColumns,
+    walk,
 )
 
 
@@ -131,23 +134,67 @@ class SemLazyFrame:
 
     # ------------------------------------------------------------------ inspection and execution
 
-    def explain(self, *, optimized: bool = True) -> str:
-        """The plan as text, root first (read it bottom-up), with the rewrites named.
+    def explain(self, *, optimized: bool = True, estimate: bool = True, engine: Any = None,
+                filter_selectivity: float = 0.5) -> str:
+        """The plan as text, root first (read it bottom-up), with the rewrites named and an estimate.
 
         Parameters
         ----------
         optimized
             Show the plan after the optimizer's rules (default) or as built.
+        estimate
+            Add the estimate of engine calls, tokens, time and cost (see :meth:`estimate`).
+        engine
+            Count tokens with this engine's tokenizer (it is not asked anything). By default the
+            configured engine, if one exists; the default vLLM engine is never started to explain.
+        filter_selectivity
+            The share of rows a semantic filter is assumed to keep in the low estimate.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> lf = pl.DataFrame({"title": ["Waterloo", "Soup", "Waterloo"]}).lazy()
+        >>> print(lf.semantic.classify("title", ["YES", "NO"], name="eu").explain())  # doctest: +ELLIPSIS
+        PLAN (optimized; rewrites: dedupe_prompts, shape_prompts)
+        SEMANTIC CLASSIFY -> eu [one of YES, NO; max_tokens=5, dedupe, shared prefix first...]
+        ...
+        ESTIMATE (before running; tokens by heuristic (~4 characters per token))
+          step 0 classify -> eu: 3 rows -> 2 engine calls; ~16 prompt + 1 output tokens per call
+        ...
         """
         if not optimized:
-            return "PLAN (as built)\n" + explain_mod.render(self._plan_node)
-        plan, applied = optimize_traced(self._plan_node, RULES)
-        rewrites = ", ".join(applied) if applied else "none"
-        return f"PLAN (optimized; rewrites: {rewrites})\n" + explain_mod.render(plan)
+            text = "PLAN (as built)\n" + explain_mod.render(self._plan_node)
+            plan = optimize_traced(self._plan_node, RULES)[0] if estimate else None
+        else:
+            plan, applied = optimize_traced(self._plan_node, RULES)
+            rewrites = ", ".join(applied) if applied else "none"
+            text = f"PLAN (optimized; rewrites: {rewrites})\n" + explain_mod.render(plan)
+        if not estimate:
+            return text
+        est = estimate_plan(plan, existing_engine(engine), filter_selectivity=filter_selectivity)
+        return f"{text}\n{est}"
+
+    def estimate(self, engine: Any = None, *, filter_selectivity: float = 0.5) -> PlanEstimate:
+        """Estimate engine calls, tokens, time and cost of running the optimized plan, without running it.
+
+        Tokens are counted with ``engine``'s tokenizer (or the configured engine's, if one exists);
+        otherwise at about 4 characters per token. See :mod:`semframe.accounting.estimate`.
+
+        Examples
+        --------
+        >>> import polars as pl, semframe as sf
+        >>> lf = pl.DataFrame({"title": ["a", "b", "a"]}).lazy()
+        >>> est = lf.semantic.classify("title", ["YES", "NO"]).estimate(sf.DeterministicEngine())
+        >>> est.calls
+        (2, 2)
+        """
+        plan = optimize_traced(self._plan_node, RULES)[0]
+        return estimate_plan(plan, existing_engine(engine), filter_selectivity=filter_selectivity)
 
     def run(self, engine: Any = None, *, batch_size: int | None = None, cache: bool | None = None,
-            lineage: bool | None = None, optimize: bool = True) -> RunResult:
-        """Run the plan and return the result with its lineage and metrics.
+            lineage: bool | None = None, optimize: bool = True, max_cost: float | None = None,
+            max_tokens: int | None = None, progress: bool | None = None) -> RunResult:
+        """Run the plan and return the result with its lineage, metrics and cost.
 
         Parameters
         ----------
@@ -161,9 +208,28 @@ class SemLazyFrame:
             ``False`` skips per-cell lineage recording.
         optimize
             ``False`` runs the plan as built (for comparisons).
+        max_cost
+            Stop before the local run's cost (engine seconds x the machine's hourly price) would
+            exceed this many USD.
+        max_tokens
+            Stop before the engine's prompt + output tokens for the run would exceed this.
+            On a stop, :class:`semframe.BudgetExceeded` is raised with the partial result in
+            ``err.result``; answers already given stay in the cache for the next run.
+        progress
+            Show a progress bar (None: the ``sf.configure`` setting, which by default shows it
+            only in a terminal or a notebook).
+
+        Examples
+        --------
+        >>> import polars as pl, semframe as sf
+        >>> r = pl.DataFrame({"t": ["a", "b", "a"]}).lazy().semantic.classify("t", ["YES", "NO"]).run(
+        ...     sf.DeterministicEngine(), cache=False)
+        >>> r.metrics.select("rows_in", "engine_requests", "dedup_hits").row(0)
+        (3, 2, 1)
         """
         return run_plan(self._plan_node, engine=engine, batch_size=batch_size, cache=cache,
-                        lineage=lineage, optimize=optimize)
+                        lineage=lineage, optimize=optimize, max_cost=max_cost, max_tokens=max_tokens,
+                        progress=progress)
 
     def collect(self, engine: Any = None, **options: Any) -> pl.DataFrame:
         """Run the plan and return a polars DataFrame (options as for :meth:`run`)."""
@@ -175,7 +241,15 @@ class SemLazyFrame:
     def _repr_html_(self) -> str:
         import html
 
-        return f"<pre>{html.escape(self.explain(optimized=False))}</pre>"
+        plan, applied = optimize_traced(self._plan_node, RULES)
+        text = f"PLAN (optimized; rewrites: {', '.join(applied) or 'none'})\n" + explain_mod.render(plan)
+        out = f"<pre>{html.escape(text)}</pre>"
+        # Estimating reads the data: do it for in-memory data only, never for a file scan on display.
+        if all(n.source.in_memory for n in walk(plan) if isinstance(n, Scan)):
+            out += estimate_plan(plan, existing_engine())._repr_html_()
+        else:
+            out += "<p>call .explain() or .estimate() for the estimated calls, tokens and cost</p>"
+        return out
 
 
 class _PlanVerbs(SemanticVerbs):

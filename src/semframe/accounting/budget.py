@@ -1,0 +1,110 @@
+"""Budget guards: stop a run before an engine batch would take it past ``max_tokens`` or ``max_cost``.
+
+The guard sees every batch of requests just before it goes to the engine (answers from caches
+never reach it: they are free). It predicts the batch's tokens with the prompts counted by the
+engine's tokenizer and every answer at its full ``max_tokens``, so a token budget is never
+exceeded; it predicts the batch's time from the speed the engine has shown so far in the run
+(or the default rates before the first batch), so a cost budget is kept as well as that
+prediction allows. When a batch would go over, it raises :class:`semframe.BudgetExceeded`;
+the executor then returns everything already answered with the error (``err.result``), and
+every answer already given is in the persistent cache for the next run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from semframe.accounting.prices import MachinePrice
+from semframe.accounting.throughput import Throughput
+from semframe.accounting.tokens import request_prompt_tokens
+from semframe.engines.base import Completion, Request
+from semframe.errors import BudgetExceeded
+
+
+@dataclass
+class Budget:
+    """Limits for one run, and what has been spent against them.
+
+    Parameters
+    ----------
+    max_tokens
+        The most prompt + output tokens the engine may process in the run (None: no limit).
+    max_cost
+        The most USD the local run may cost: engine seconds x the machine's hourly price.
+    machine
+        The machine price the cost is computed with.
+    throughput
+        Rates used to predict the first batch's time (later batches use the observed speed).
+    engine
+        Counts prompt tokens (its tokenizer); None uses the ~4-characters-per-token heuristic.
+
+    Examples
+    --------
+    >>> import polars as pl, semframe as sf
+    >>> plan = pl.DataFrame({"t": [f"text {i}" for i in range(100)]}).lazy().semantic.classify("t", ["YES", "NO"])
+    >>> try:
+    ...     plan.collect(engine=sf.DeterministicEngine(), batch_size=10, max_tokens=300, cache=False)
+    ... except sf.BudgetExceeded as err:
+    ...     print(err.result.df.height, err.spent_tokens <= 300)
+    20 True
+    """
+
+    max_tokens: int | None = None
+    max_cost: float | None = None
+    machine: MachinePrice | None = None
+    throughput: Throughput | None = None
+    engine: Any = None
+    spent_tokens: int = 0
+    spent_seconds: float = 0.0
+    spent_requests: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 0):
+            raise ValueError(f"max_tokens must be a non-negative integer, got {self.max_tokens!r}")
+        if self.max_cost is not None and (not isinstance(self.max_cost, (int, float)) or self.max_cost < 0):
+            raise ValueError(f"max_cost must be a non-negative number of USD, got {self.max_cost!r}")
+        if self.max_cost is not None and (self.machine is None or self.throughput is None):
+            raise ValueError("a cost budget needs the machine price and a throughput")
+
+    @property
+    def spent_usd(self) -> float:
+        return self.machine.cost(self.spent_seconds) if self.machine is not None else 0.0
+
+    def check(self, requests: Sequence[Request], where: str = "") -> None:
+        """Raise :class:`BudgetExceeded` if sending ``requests`` could take the run past a limit."""
+        prompt = sum(request_prompt_tokens(r, self.engine) for r in requests)
+        output = sum(r.max_tokens for r in requests)
+        if self.max_tokens is not None and self.spent_tokens + prompt + output > self.max_tokens:
+            raise BudgetExceeded(
+                f"stopped before {where or 'an engine batch'}: its {len(requests):,} requests could use up to "
+                f"{prompt + output:,} tokens ({prompt:,} prompt + {output:,} output at max_tokens), taking the "
+                f"run past max_tokens={self.max_tokens:,} (spent {self.spent_tokens:,}). Everything answered "
+                "so far is in err.result and in the cache; rerun with a larger max_tokens to go on.",
+                spent_tokens=self.spent_tokens, spent_usd=self.spent_usd,
+            )
+        if self.max_cost is not None:
+            seconds = self._predict_seconds(len(requests), prompt, output)
+            predicted = self.machine.cost(self.spent_seconds + seconds)  # type: ignore[union-attr]
+            if predicted > self.max_cost:
+                raise BudgetExceeded(
+                    f"stopped before {where or 'an engine batch'}: its {len(requests):,} requests would take "
+                    f"~{seconds:.3g} engine s, bringing the local cost to ~${predicted:.6f} > max_cost="
+                    f"${self.max_cost:g} (spent ${self.spent_usd:.6f} at ${self.machine.hourly_usd:g}/h, "  # type: ignore[union-attr]
+                    f"{self.machine.name}). Everything answered so far is in err.result and in the "  # type: ignore[union-attr]
+                    "cache; rerun with a larger max_cost to go on.",
+                    spent_tokens=self.spent_tokens, spent_usd=self.spent_usd,
+                )
+
+    def spend(self, completions: Sequence[Completion]) -> None:
+        """Count what an engine batch actually used."""
+        self.spent_requests += len(completions)
+        for c in completions:
+            self.spent_tokens += c.prompt_tokens + c.output_tokens
+            self.spent_seconds += c.latency_s
+
+    def _predict_seconds(self, n: int, prompt: int, output: int) -> float:
+        if self.spent_requests:
+            return n * self.spent_seconds / self.spent_requests
+        return self.throughput.seconds(prompt, output)  # type: ignore[union-attr]

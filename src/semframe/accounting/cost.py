@@ -1,0 +1,179 @@
+"""What a run cost, two ways, and what its caches saved.
+
+1. The local run: the engine's wall time on the run times the machine's hourly price
+   (:func:`semframe.accounting.prices.machine_price`).
+2. The same tokens as API calls: prompt, cached-prompt and output tokens priced with each entry
+   of :data:`semframe.accounting.prices.TOKEN_PRICES`.
+
+Answers from the in-run dedup memo, the exact cache or the semantic cache cost nothing. What
+they saved is estimated per step from what that step's engine requests cost on average (or,
+for a step answered entirely from cache, from its prompts and answers counted with the
+tokenizer).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from semframe.accounting.prices import TOKEN_PRICES, MachinePrice
+from semframe.accounting.throughput import DEFAULT_THROUGHPUT
+from semframe.accounting.tokens import TokenCounter, heuristic_count_tokens
+
+#: Lineage sources that cost nothing (answers reused from somewhere).
+FREE_SOURCES = ("dedup", "exact_cache", "semantic_cache")
+_SAVING_SAMPLE = 64
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """The cost of one run and the saving from reused answers.
+
+    Attributes
+    ----------
+    machine
+        The machine price the local cost uses.
+    engine_seconds
+        The engine's wall time on this run.
+    engine_requests, prompt_tokens, cached_prompt_tokens, output_tokens
+        What the engine was asked and produced (reused answers count zero).
+    saved_requests
+        Reused answers by kind: ``{"dedup": n, "exact_cache": n, "semantic_cache": n}``.
+    saved_prompt_tokens, saved_cached_prompt_tokens, saved_output_tokens, saved_engine_seconds
+        Estimates of what the reused answers would have cost had the engine been asked.
+
+    Examples
+    --------
+    >>> import polars as pl, semframe as sf
+    >>> df = pl.DataFrame({"t": ["a", "b", "a"]})
+    >>> _ = df.semantic.classify("t", ["YES", "NO"], engine=sf.DeterministicEngine(), cache=False)
+    >>> report = sf.last_run().cost
+    >>> report.engine_requests, report.saved_requests["dedup"]
+    (2, 1)
+    >>> report.local_usd >= 0
+    True
+    """
+
+    machine: MachinePrice
+    engine_seconds: float
+    engine_requests: int
+    prompt_tokens: int
+    cached_prompt_tokens: int
+    output_tokens: int
+    saved_requests: dict[str, int] = field(default_factory=dict)
+    saved_prompt_tokens: float = 0.0
+    saved_cached_prompt_tokens: float = 0.0
+    saved_output_tokens: float = 0.0
+    saved_engine_seconds: float = 0.0
+
+    @property
+    def local_usd(self) -> float:
+        """Engine seconds x the machine's hourly price."""
+        return self.machine.cost(self.engine_seconds)
+
+    @property
+    def saved_local_usd(self) -> float:
+        """What the reused answers would have cost on this machine (estimate)."""
+        return self.machine.cost(self.saved_engine_seconds)
+
+    def api(self) -> pl.DataFrame:
+        """One row per registered API price: what these tokens would cost there, and the saving."""
+        rows = []
+        for price in TOKEN_PRICES.values():
+            rows.append({
+                "model": price.model,
+                "input_usd_per_m": price.input,
+                "cached_input_usd_per_m": price.cached_input,
+                "output_usd_per_m": price.output,
+                "cost_usd": price.cost(prompt_tokens=self.prompt_tokens, output_tokens=self.output_tokens,
+                                       cached_prompt_tokens=self.cached_prompt_tokens),
+                "saved_usd": price.cost(prompt_tokens=self.saved_prompt_tokens,
+                                        output_tokens=self.saved_output_tokens,
+                                        cached_prompt_tokens=self.saved_cached_prompt_tokens),
+                "as_of": price.as_of,
+                "source": price.source,
+            })
+        schema = {"model": pl.String, "input_usd_per_m": pl.Float64, "cached_input_usd_per_m": pl.Float64,
+                  "output_usd_per_m": pl.Float64, "cost_usd": pl.Float64, "saved_usd": pl.Float64,
+                  "as_of": pl.String, "source": pl.String}
+        return pl.DataFrame(rows, schema=schema)
+
+    def __str__(self) -> str:
+        saved = sum(self.saved_requests.values())
+        kinds = ", ".join(f"{k} {v:,}" for k, v in self.saved_requests.items() if v) or "none"
+        lines = [
+            f"local: ${self.local_usd:.6f} = {self.engine_seconds:.3f} engine s x ${self.machine.hourly_usd:g}/h "
+            f"({self.machine.name}, as listed {self.machine.as_of or 'by you'})",
+            f"tokens: {self.prompt_tokens:,} prompt ({self.cached_prompt_tokens:,} from the prefix cache), "
+            f"{self.output_tokens:,} output, {self.engine_requests:,} engine requests",
+            f"reused answers (free): {saved:,} ({kinds}); saved ~${self.saved_local_usd:.6f} locally, "
+            f"~{self.saved_prompt_tokens + self.saved_output_tokens:,.0f} tokens",
+            "as API calls (USD per 1M tokens in/cached/out -> cost, saved):",
+        ]
+        for row in self.api().iter_rows(named=True):
+            lines.append(
+                f"  {row['model']:<28} {row['input_usd_per_m']:g}/{row['cached_input_usd_per_m']:g}/"
+                f"{row['output_usd_per_m']:g} -> ${row['cost_usd']:.6f}, saved ${row['saved_usd']:.6f}"
+            )
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        head = "<br>".join(html.escape(line) for line in str(self).splitlines()[:3])
+        return f"<div><p>{head}</p>{self.api().drop('source')._repr_html_()}</div>"
+
+
+def cost_report(step_metrics: Sequence[Any], machine: MachinePrice, *, lineage: pl.DataFrame | None = None,
+                prompts: pl.DataFrame | None = None, count: TokenCounter = heuristic_count_tokens) -> CostReport:
+    """Build the :class:`CostReport` of a run from its per-step metrics (and lineage, if recorded)."""
+    saved = {k: 0 for k in FREE_SOURCES}
+    sp = scp = so = ss = 0.0
+    for m in step_metrics:
+        hits = m.dedup_hits + m.exact_cache_hits + m.semantic_cache_hits
+        saved["dedup"] += m.dedup_hits
+        saved["exact_cache"] += m.exact_cache_hits
+        saved["semantic_cache"] += m.semantic_cache_hits
+        if not hits:
+            continue
+        if m.engine_requests:
+            n = m.engine_requests
+            p, c, o, s = m.prompt_tokens / n, m.cached_prompt_tokens / n, m.output_tokens / n, m.engine_seconds / n
+        else:
+            p, o = _sampled_tokens(m.step, lineage, prompts, count)
+            c = 0.0
+            s = DEFAULT_THROUGHPUT[machine.kind].seconds(p, o)
+        sp, scp, so, ss = sp + hits * p, scp + hits * c, so + hits * o, ss + hits * s
+    return CostReport(
+        machine=machine,
+        engine_seconds=sum(m.engine_seconds for m in step_metrics),
+        engine_requests=sum(m.engine_requests for m in step_metrics),
+        prompt_tokens=sum(m.prompt_tokens for m in step_metrics),
+        cached_prompt_tokens=sum(m.cached_prompt_tokens for m in step_metrics),
+        output_tokens=sum(m.output_tokens for m in step_metrics),
+        saved_requests=saved,
+        saved_prompt_tokens=sp,
+        saved_cached_prompt_tokens=scp,
+        saved_output_tokens=so,
+        saved_engine_seconds=ss,
+    )
+
+
+def _sampled_tokens(step: int, lineage: pl.DataFrame | None, prompts: pl.DataFrame | None,
+                    count: TokenCounter) -> tuple[float, float]:
+    """Mean prompt and output tokens of a step's reused answers, from a sample of their texts."""
+    if lineage is None or prompts is None or lineage.is_empty():
+        return 0.0, 0.0
+    sample = (
+        lineage.filter((pl.col("step") == step) & pl.col("source").is_in(FREE_SOURCES))
+        .unique("request_key", keep="first", maintain_order=True)
+        .head(_SAVING_SAMPLE)
+        .join(prompts, on="request_key", how="left")
+    )
+    if sample.is_empty():
+        return 0.0, 0.0
+    p = [count(t) for t in sample["prompt"].fill_null("").to_list()]
+    o = [count(t) for t in sample["raw_output"].fill_null("").to_list()]
+    return sum(p) / len(p), sum(o) / len(o)

@@ -1,0 +1,93 @@
+"""Counting tokens before they are spent: prompts by a tokenizer, answers by their output spec.
+
+Used by estimates (``explain()``) and by budget guards, so both count the same way.
+
+- Prompt tokens: ``engine.count_prompt_tokens(request)`` when the engine has it (it can count the
+  chat template exactly); otherwise the sum of ``engine.count_tokens`` over the messages'
+  contents; without an engine object, the heuristic of about 4 characters per token.
+- Output tokens: a range per output spec, from the shortest answer the spec allows to its
+  ``max_tokens``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from semframe.engines.base import Request
+from semframe.plan.spec import ChoiceSpec, JsonSpec, OutputSpec, TextSpec
+
+TokenCounter = Callable[[str], int]
+
+
+def heuristic_count_tokens(text: str) -> int:
+    """About 4 characters per token (the usual English average for BPE tokenizers).
+
+    >>> heuristic_count_tokens("Is the title about European history?")
+    9
+    """
+    return max(1, (len(text) + 3) // 4)
+
+
+def token_counter(engine: Any = None) -> TokenCounter:
+    """``engine.count_tokens`` if there is an engine object, else :func:`heuristic_count_tokens`."""
+    count = getattr(engine, "count_tokens", None)
+    return count if callable(count) else heuristic_count_tokens
+
+
+def request_prompt_tokens(request: Request, engine: Any = None) -> int:
+    """The prompt tokens of one request, counted as the engine would (as closely as it lets us).
+
+    >>> from semframe.engines.base import Message, Request
+    >>> from semframe.plan.spec import TextSpec
+    >>> request_prompt_tokens(Request((Message("user", "Summarize: the history of Rome."),), TextSpec(), 16))
+    8
+    """
+    exact = getattr(engine, "count_prompt_tokens", None)
+    if callable(exact):
+        return int(exact(request))
+    count = token_counter(engine)
+    return sum(count(m.content) for m in request.messages)
+
+
+@dataclass(frozen=True)
+class TokenRange:
+    """Tokens per answer: the fewest the spec allows, a typical count, and the most (``max_tokens``)."""
+
+    low: float
+    typical: float
+    high: float
+
+
+_TYPICAL_VALUE = {"str": "a typical short value", "int": 1234, "float": 12.5, "bool": True}
+_EMPTY_VALUE = {"str": "", "int": 0, "float": 0, "bool": True}
+
+
+def _json_answer(spec: JsonSpec, values: dict[str, Any]) -> str:
+    obj = {}
+    for name, ft in spec.fields:
+        kind = ft.item if ft.kind == "list" else ft.kind
+        value = values[kind]
+        obj[name] = ([value, value] if value != "" else []) if ft.kind == "list" else value
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def output_tokens(spec: OutputSpec, max_tokens: int, count: TokenCounter = heuristic_count_tokens) -> TokenRange:
+    """Tokens an answer to ``spec`` takes: (fewest, typical, at most ``max_tokens``).
+
+    >>> from semframe.plan.spec import ChoiceSpec
+    >>> output_tokens(ChoiceSpec(("YES", "NO")), 5)
+    TokenRange(low=1, typical=1.0, high=1)
+    """
+    if isinstance(spec, ChoiceSpec):
+        sizes = [min(count(label), max_tokens) for label in spec.labels]
+        return TokenRange(min(sizes), sum(sizes) / len(sizes), max(sizes))
+    if isinstance(spec, JsonSpec):
+        low = min(count(_json_answer(spec, _EMPTY_VALUE)), max_tokens)
+        typical = min(count(_json_answer(spec, _TYPICAL_VALUE)), max_tokens)
+        return TokenRange(low, max(typical, low), max_tokens)
+    if isinstance(spec, TextSpec):
+        return TokenRange(1, max(1.0, max_tokens / 4), max_tokens)
+    return TokenRange(1, max_tokens / 2, max_tokens)
