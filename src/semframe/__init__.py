@@ -16,7 +16,8 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
-from semframe import frontends as _frontends  # noqa: F401
+from semframe import accounting, frontends as _frontends  # noqa: F401
+from semframe.accounting.prices import register_machine_price, register_price, unregister_price
 from semframe.config import configure
 from semframe.engines import DeterministicEngine, Engine, Request
 from semframe.errors import BudgetExceeded, EngineError, OutputError, PlanError, SemframeError
@@ -45,8 +46,12 @@ __all__ = [
     "SemLazyFrame",
     "SemframeError",
     "VLLMEngine",
+    "accounting",
     "configure",
     "last_run",
+    "register_machine_price",
+    "register_price",
+    "unregister_price",
 ]
 
 

@@ -23,4 +23,14 @@ class EngineError(SemframeError, RuntimeError):
 
 
 class BudgetExceeded(SemframeError):
-    """A run stopped because its budget (cost or tokens) would be exceeded; done work is kept."""
+    """A run stopped because its budget (cost or tokens) would be exceeded; done work is kept.
+
+    ``result`` is the partial RunResult (rows that went through every step, with lineage and
+    metrics); ``spent_tokens`` and ``spent_usd`` are what the run used before it stopped.
+    """
+
+    def __init__(self, message: str, *, spent_tokens: int = 0, spent_usd: float = 0.0, result=None):
+        super().__init__(message)
+        self.spent_tokens = spent_tokens
+        self.spent_usd = spent_usd
+        self.result = result
