@@ -145,11 +145,11 @@ def _load_embeddings(store: AnswerStore, model_id: str, digests: list[str]) -> d
     from semframe.cache.arrow import vectors_from
 
     with store.connect() as con:
-        table = con.execute(
+        table = con.sql(
             "SELECT text_hash, embedding FROM embeddings "
             "WHERE model = ? AND text_hash IN (SELECT unnest(?::VARCHAR[]))",
-            [model_id, digests],
-        ).fetch_arrow_table()
+            params=[model_id, digests],
+        ).to_arrow_table()
     if table.num_rows == 0:
         return {}
     vecs = vectors_from(table.column("embedding"))

@@ -244,10 +244,10 @@ def _load_entries(store: AnswerStore, step_key: str) -> tuple[np.ndarray, list[C
     from semframe.cache.arrow import vectors_from
 
     with store.connect() as con:
-        table = con.execute(
+        table = con.sql(
             "SELECT embedding, value_json, raw_output, finish_reason FROM semantic "
-            "WHERE step_key = ? ORDER BY seq", [step_key],
-        ).fetch_arrow_table()
+            "WHERE step_key = ? ORDER BY seq", params=[step_key],
+        ).to_arrow_table()
     if table.num_rows == 0:
         return np.zeros((0, 0), dtype=np.float32), []
     values = table.column("value_json").to_pylist()

@@ -446,8 +446,12 @@ class SemanticStep(Node):
             flags.append("dedupe")
         if self.layout == "shared_first":
             flags.append("shared prefix first")
-        if self.cache is False:
+        from semframe.config import settings  # the process default decides when cache is None
+
+        if self.cache is False or (self.cache is None and not settings.cache):
             flags.append("exact cache off")
+        else:
+            flags.append("exact cache")
         if self.semantic_cache is not None:
             flags.append(f"semantic cache >= {self.semantic_cache:g}")
         return f"SEMANTIC {self.operator.upper()}{out} [{self.spec.describe()}; {', '.join(flags)}]"
