@@ -1,0 +1,71 @@
+"""Engine fixtures: a tiny random-weight model built in seconds, and shared vLLM engines.
+
+``tiny_model_dir`` is a real Llama-architecture model (see ``tiny_model.py``): vLLM loads it like
+any model, so engine tests exercise the real code paths without a download. Its answers are
+random, which is what the tests want: constrained decoding must hold whatever the model prefers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .tiny_model import build_tiny_model
+
+def _need_vllm() -> None:
+    pytest.importorskip("vllm", reason='vLLM is not installed (pip install "semframe[cpu]")')
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Llama model folder (safetensors, tokenizer, chat template)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_vllm_engine(tiny_model_dir: Path):
+    """One VLLMEngine on the tiny model, shared by the whole session (started once, ~5-10 s)."""
+    _need_vllm()
+    from semframe.engines.vllm import VLLMEngine
+
+    engine = VLLMEngine(str(tiny_model_dir), kv_cache_memory_bytes=64 << 20)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def smollm2_model_dir() -> Path:
+    """The default model (SmolLM2-135M-Instruct) converted to safetensors.
+
+    Converted once per machine into the real semframe cache (``$SEMFRAME_CACHE_DIR`` as set
+    outside the tests, else ``~/.cache/semframe``), like the library does; ~25 s the first time.
+    """
+    from semframe import config
+    from semframe.engines import models
+
+    try:
+        gguf = models.default_gguf_path()
+    except Exception as exc:  # EngineError naming the fix
+        pytest.skip(str(exc))
+    saved = config.settings.cache_dir
+    root = os.environ.get("SEMFRAME_CACHE_DIR")
+    config.settings.cache_dir = Path(root).expanduser() if root else Path.home() / ".cache" / "semframe"
+    try:
+        return models.convert_gguf(gguf)
+    finally:
+        config.settings.cache_dir = saved
+
+
+@pytest.fixture(scope="session")
+def smollm2_engine(smollm2_model_dir: Path):
+    """One VLLMEngine on SmolLM2-135M-Instruct, shared by the session."""
+    _need_vllm()
+    from semframe.engines.vllm import VLLMEngine
+
+    engine = VLLMEngine(str(smollm2_model_dir), kv_cache_memory_bytes=256 << 20)
+    yield engine
+    engine.close()
