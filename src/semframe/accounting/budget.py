@@ -48,7 +48,7 @@ class Budget:
     ...     plan.collect(engine=sf.DeterministicEngine(), batch_size=10, max_tokens=300, cache=False)
     ... except sf.BudgetExceeded as err:
     ...     print(err.result.df.height, err.spent_tokens <= 300)
-    20 True
+    10 True
     """
 
     max_tokens: int | None = None

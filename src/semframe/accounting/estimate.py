@@ -251,7 +251,7 @@ def estimate_plan(plan: Node, engine: Any = None, *, filter_selectivity: float =
             _apply_relational(node, state, filter_selectivity)
     machine = machine_price(engine)
     notes = ["answers already in the persistent cache are not subtracted (a rerun costs less)"]
-    if engine is not None and not callable(getattr(engine, "count_prompt_tokens", None)):
+    if engine is not None and not any(callable(getattr(engine, a, None)) for a in ("count_prompt_tokens", "render")):
         notes.append("the chat template's few tokens per message are not counted")
     tokenizer = (f"{getattr(engine, 'model', 'the engine')}'s tokenizer" if engine is not None
                  else "heuristic (~4 characters per token)")

@@ -2,8 +2,9 @@
 
 Used by estimates (``explain()``) and by budget guards, so both count the same way.
 
-- Prompt tokens: ``engine.count_prompt_tokens(request)`` when the engine has it (it can count the
-  chat template exactly); otherwise the sum of ``engine.count_tokens`` over the messages'
+- Prompt tokens: ``engine.count_prompt_tokens(request)`` when the engine has it, or the length
+  of ``engine.render(messages)`` (the vLLM engine's chat-templated token ids) — both count the
+  chat template exactly; otherwise the sum of ``engine.count_tokens`` over the messages'
   contents; without an engine object, the heuristic of about 4 characters per token.
 - Output tokens: a range per output spec, from the shortest answer the spec allows to its
   ``max_tokens``.
@@ -48,6 +49,9 @@ def request_prompt_tokens(request: Request, engine: Any = None) -> int:
     exact = getattr(engine, "count_prompt_tokens", None)
     if callable(exact):
         return int(exact(request))
+    render = getattr(engine, "render", None)
+    if callable(render):
+        return len(render(request.messages))
     count = token_counter(engine)
     return sum(count(m.content) for m in request.messages)
 

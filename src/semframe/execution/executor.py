@@ -99,7 +99,6 @@ class Executor:
         start = time.perf_counter()
         self._recorder = LineageRecorder(enabled=self.lineage)
         self._metrics = []
-        self._lazy_height: int | None = None
         machine = self.machine or machine_price(self.engine)
         # Steps are numbered bottom-up: step 0 runs first.
         steps = [n for n in walk(plan) if isinstance(n, SemanticStep)][::-1]
@@ -167,9 +166,7 @@ class Executor:
     def _stream_lazy(self, lf: pl.LazyFrame, node: Node) -> Iterator[pl.DataFrame]:
         source = next(n for n in walk(node) if isinstance(n, Scan)).source
         if source.in_memory:
-            collected = lf.collect()
-            self._lazy_height = collected.height
-            yield from collected.iter_slices(self.batch_size)
+            yield from lf.collect().iter_slices(self.batch_size)
             return
         batches = lf.collect_batches(chunk_size=self.batch_size)
         try:
@@ -223,12 +220,11 @@ class Executor:
             on_engine_batch=self._after_hook(),
         )
         progress = self.progress if index == 0 else None
-        knows_total = progress is not None and self._lazy(node.child) is not None
+        if progress is not None and progress.total_rows is None:
+            progress.total_rows = _count_rows(node.child)
         for batch in _rebatch(self._stream(node.child), self.batch_size):
             out = runner.process(batch)
             if progress is not None:
-                if knows_total and progress.total_rows is None:
-                    progress.total_rows = self._lazy_height
                 progress.rows(batch.height)
             yield out
 
@@ -259,6 +255,17 @@ class Executor:
                 hook(completions)
 
         return after
+
+
+def _count_rows(node: Node) -> int | None:
+    """Rows a relational subtree yields (polars counts them, from file metadata where it can); else None."""
+    lf = relational_frame(node)
+    if lf is None:
+        return None
+    try:
+        return int(lf.select(pl.len()).collect().item())
+    except pl.exceptions.PolarsError:
+        return None
 
 
 def relational_frame(node: Node) -> pl.LazyFrame | None:
