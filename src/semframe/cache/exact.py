@@ -75,18 +75,27 @@ class ExactCache:
 
     def put_many(self, fingerprint: str, items: Iterable[tuple[str, Request, Completion]]) -> None:
         """Store answered requests in one transaction (a key already present is left as it is)."""
-        now = time.time()
-        rows = [
-            (fingerprint, key, self.model, json.dumps(c.value, ensure_ascii=False), c.text,
-             c.finish_reason, c.prompt_tokens, c.output_tokens, now)
-            for key, _request, c in items if c.ok
-        ]
-        if not rows:
+        import pyarrow as pa
+
+        done = list({key: c for key, _request, c in items if c.ok}.items())
+        if not done:
             return
+        n = len(done)
+        batch = pa.table({
+            "fingerprint": pa.array([fingerprint] * n, pa.string()),
+            "request_key": pa.array([k for k, _ in done], pa.string()),
+            "model": pa.array([self.model] * n, pa.string()),
+            "value_json": pa.array([json.dumps(c.value, ensure_ascii=False) for _, c in done], pa.string()),
+            "raw_output": pa.array([c.text for _, c in done], pa.string()),
+            "finish_reason": pa.array([c.finish_reason for _, c in done], pa.string()),
+            "prompt_tokens": pa.array([c.prompt_tokens for _, c in done], pa.int64()),
+            "output_tokens": pa.array([c.output_tokens for _, c in done], pa.int64()),
+            "created_at": pa.array([time.time()] * n, pa.float64()),
+        })
         with self.store.connect() as con:
-            con.executemany(
-                "INSERT INTO exact VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", rows
-            )
+            con.register("new_answers", batch)
+            con.execute("INSERT INTO exact SELECT * FROM new_answers ON CONFLICT DO NOTHING")
+            con.unregister("new_answers")
 
     def count(self, fingerprint: str | None = None) -> int:
         """Cached answers (for one engine fingerprint, or in all)."""
