@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import polars as pl
@@ -98,51 +99,67 @@ class StepMetrics:
         self.errors += outcome.error is not None and src != "skipped"
 
 
+#: The Outcome fields that become lineage columns, in LINEAGE_SCHEMA order.
+_OUTCOME_FIELDS = ("request_key", "source", "source_row_id", "similarity", "raw_output", "value", "error",
+                   "finish_reason", "prompt_tokens", "cached_prompt_tokens", "output_tokens", "latency_s")
+_fields_of = attrgetter(*_OUTCOME_FIELDS)
+
+
 @dataclass
 class LineageRecorder:
-    """Collects lineage records and distinct prompts during a run."""
+    """Collects lineage records and distinct prompts during a run.
+
+    Recording keeps one tuple per cell (a single C-level attribute fetch); the columns are
+    built once, by :meth:`to_frame`, so lineage costs a few percent of a run's own Python work
+    (see ``benchmarks/lineage_overhead.py``).
+    """
 
     enabled: bool = True
-    _cols: dict[str, list[Any]] = field(default_factory=lambda: {k: [] for k in LINEAGE_SCHEMA})
+    _steps: list[tuple[int, str, str | None, str, list[int], list[tuple[Any, ...]]]] = field(default_factory=list)
     prompts: dict[str, str] = field(default_factory=dict)
 
     def record(self, step: int, operator: str, column: str | None, model: str,
                row_ids: list[int], outcomes: list[Outcome]) -> None:
-        if not self.enabled:
-            return
-        c = self._cols
-        n = len(row_ids)
-        c["row_id"].extend(row_ids)
-        c["step"].extend([step] * n)
-        c["operator"].extend([operator] * n)
-        c["column"].extend([column] * n)
-        c["model"].extend([model] * n)
-        for o in outcomes:
-            c["request_key"].append(o.request_key)
-            c["source"].append(o.source)
-            c["source_row_id"].append(o.source_row_id)
-            c["similarity"].append(o.similarity)
-            c["raw_output"].append(o.raw_output)
-            c["value"].append(_value_text(o.value))
-            c["error"].append(o.error)
-            c["finish_reason"].append(o.finish_reason)
-            c["prompt_tokens"].append(o.prompt_tokens)
-            c["cached_prompt_tokens"].append(o.cached_prompt_tokens)
-            c["output_tokens"].append(o.output_tokens)
-            c["latency_s"].append(o.latency_s)
+        if self.enabled:
+            self._steps.append((step, operator, column, model, row_ids, list(map(_fields_of, outcomes))))
 
     def remember_prompt(self, key: str, text: str) -> None:
         if self.enabled and key not in self.prompts:
             self.prompts[key] = text
 
     def to_frame(self) -> pl.DataFrame:
-        return pl.DataFrame(self._cols, schema=LINEAGE_SCHEMA)
+        if not self._steps:
+            return pl.DataFrame(schema=LINEAGE_SCHEMA)
+        cols: dict[str, list[Any]] = {k: [] for k in LINEAGE_SCHEMA}
+        for step, operator, column, model, row_ids, rows in self._steps:
+            n = len(row_ids)
+            cols["row_id"].extend(row_ids)
+            cols["step"].extend([step] * n)
+            cols["operator"].extend([operator] * n)
+            cols["column"].extend([column] * n)
+            cols["model"].extend([model] * n)
+            for name, values in zip(_OUTCOME_FIELDS, zip(*rows)):
+                cols[name].extend(values)
+        cols["value"] = _values_text(cols["value"])
+        return pl.DataFrame(cols, schema=LINEAGE_SCHEMA)
 
     def prompts_frame(self) -> pl.DataFrame:
         return pl.DataFrame(
             {"request_key": list(self.prompts), "prompt": list(self.prompts.values())},
             schema={"request_key": pl.String, "prompt": pl.String},
         )
+
+
+def _values_text(values: list[Any]) -> list[str | None] | pl.Series:
+    """Parsed values as text: strings as they are, everything else as JSON (vectorized for structs)."""
+    if all(v is None or type(v) is str for v in values):
+        return values
+    if all(v is None or type(v) is dict for v in values):
+        try:
+            return pl.Series("value", values, strict=False).struct.json_encode()
+        except (pl.exceptions.PolarsError, TypeError, ValueError):
+            pass
+    return [_value_text(v) for v in values]
 
 
 def _value_text(value: Any) -> str | None:
