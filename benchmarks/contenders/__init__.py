@@ -1,0 +1,1 @@
+"""Contender workers: one process each (see ``benchmarks/_protocol.py``)."""

@@ -1,0 +1,113 @@
+"""semframe: the workload as a lazy plan, run with ``SemLazyFrame.run()`` on a ``VLLMEngine``.
+
+Spec options (``spec["semframe"]``): ``layout`` ("shared_first", the optimizer's default, or
+"inline": every rule but ``shape_prompts``), ``exact_cache`` (a cache folder, or null for
+``cache=False``), ``semantic_cache`` (bool), ``batch_size``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _protocol import peak_rss_mib, rows_for, serve  # noqa: E402
+
+
+class State:
+    def __init__(self, spec: dict[str, Any]):
+        import semframe as sf
+
+        self.spec = spec
+        self.opts = spec.get("semframe", {})
+        if self.opts.get("exact_cache"):
+            sf.configure(cache_dir=self.opts["exact_cache"])
+        sf.configure(progress=False)
+        self.engine = sf.VLLMEngine(model=spec["model"], **spec["engine"])
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def build_plan(lf: Any, spec: dict[str, Any], *, semantic_cache: bool = False) -> Any:
+    """The workload as a semframe plan, written as a user would write it."""
+    sem = lf.semantic
+    if spec["kind"] == "classify":
+        return sem.classify(spec["column"], spec["labels"], instruction=spec["instruction"], name="answer",
+                            max_tokens=spec["max_tokens"], semantic_cache=semantic_cache or None)
+    return sem.map("{" + spec["column"] + "}", instruction=spec["instruction"], name="answer",
+                   max_tokens=spec["max_tokens"], semantic_cache=semantic_cache or None)
+
+
+def reset_prefix_cache(engine: Any) -> None:
+    """Start every repetition cold: vLLM keeps prefix blocks from the previous one."""
+    llm = getattr(engine, "_llm", None)
+    if llm is not None:
+        llm.reset_prefix_cache()
+
+
+def setup(spec: dict[str, Any]) -> State:
+    return State(spec)
+
+
+def run(state: State, cmd: dict[str, Any]) -> dict[str, Any]:
+    import polars as pl
+
+    from semframe.frontends.lazy import SemLazyFrame
+    from semframe.optimizer import RULES, optimize, shape_prompts
+
+    spec, opts = state.spec, state.opts
+    rows = rows_for(spec, cmd)
+    df = pl.DataFrame(rows)
+    plan = build_plan(df.lazy(), spec, semantic_cache=bool(opts.get("semantic_cache")))
+    run_kwargs: dict[str, Any] = dict(engine=state.engine, cache=bool(opts.get("exact_cache")),
+                                      batch_size=opts.get("batch_size"))
+    if opts.get("layout") == "inline":
+        rules = tuple(r for r in RULES if r is not shape_prompts)
+        plan = SemLazyFrame(optimize(plan.plan, rules=rules))
+        run_kwargs["optimize"] = False
+    if not cmd.get("keep_prefix_cache"):
+        reset_prefix_cache(state.engine)
+    calls_before = state.engine.usage.calls
+    start = time.perf_counter()
+    result = plan.run(**run_kwargs)
+    wall = time.perf_counter() - start
+    m = result.step_metrics
+    answers = result.df["answer"].cast(pl.String).to_list()
+    out = {
+        "wall_s": wall,
+        "rows": len(rows),
+        "engine_requests": sum(s.engine_requests for s in m),
+        "engine_calls": state.engine.usage.calls - calls_before,
+        "dedup_hits": sum(s.dedup_hits for s in m),
+        "exact_cache_hits": sum(s.exact_cache_hits for s in m),
+        "semantic_cache_hits": sum(s.semantic_cache_hits for s in m),
+        "errors": sum(s.errors for s in m),
+        "prompt_tokens": sum(s.prompt_tokens for s in m),
+        "cached_prompt_tokens": sum(s.cached_prompt_tokens for s in m),
+        "output_tokens": sum(s.output_tokens for s in m),
+        "answers": answers,
+        "peak_rss_mib": peak_rss_mib(),
+    }
+    cost = _cost(result)
+    if cost is not None:
+        out["cost_usd"] = cost
+    return out
+
+
+def _cost(result: Any) -> float | None:
+    """The run's cost in USD, where the observability layer reports one."""
+    for name in ("cost_usd", "cost"):
+        value = getattr(result, name, None)
+        value = getattr(value, "total_usd", value)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return None
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    serve(setup, run)

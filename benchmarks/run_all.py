@@ -1,0 +1,131 @@
+"""Run the seed workloads with every contender, print the tables, write docs/benchmarks.md.
+
+    .venv/bin/python -m benchmarks.run_all                 # default sizes (minutes)
+    .venv/bin/python -m benchmarks.run_all --full          # the issue's sizes
+    .venv/bin/python -m benchmarks.run_all --workloads titles --contenders semframe,raw_vllm
+
+Peers (LOTUS, fenic) run from their own venvs (``bash benchmarks/setup_peers.sh``); a peer that is
+not installed, or fails, is reported as such in the tables' notes, and the rest still runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python benchmarks/run_all.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import RESULTS, THREADS, log, machine_facts  # noqa: E402
+from benchmarks.harness import CONTENDERS, run_workload, summarize  # noqa: E402
+from benchmarks.report import contender_table, environment_block, write_piece  # noqa: E402
+from benchmarks.workloads import DEFAULT, FULL  # noqa: E402
+
+WORKLOADS = {
+    "titles": ("1. Small prompt: YES/NO over distinct titles",
+               ["semframe", "raw_vllm", "naive_loop", "lotus", "fenic"]),
+    "summaries": ("2. Medium prompt: summaries of ~1000-token articles",
+                  ["semframe", "raw_vllm", "naive_loop", "lotus", "fenic"]),
+    "long_context": ("3. Large context: many questions against one long shared context",
+                     ["semframe", "raw_vllm", "naive_loop"]),
+    "repetitive": ("4. Repetitive column: titles with exact duplicates and light paraphrases",
+                   ["semframe", "semframe+semantic_cache", "raw_vllm", "naive_loop", "lotus", "fenic"]),
+}
+
+NOTES = {
+    "titles": "",
+    "summaries": ("Free-text answers run to `max_tokens` on this small model, so output tokens dominate; "
+                  "agreement is exact-text equality, which batch composition easily changes."),
+    "long_context": ("The model is a 4-layer, 256-wide Llama with random weights (vLLM `load_format=\"dummy\"`), "
+                     "SmolLM2's tokenizer and a 32k context, because SmolLM2-135M allows 8k: a throughput "
+                     "measurement, the answers are noise. semframe puts the context in the shared system "
+                     "message (`map(\"{question}\", instruction=context)`), so the prefix cache computes it once; "
+                     "the naive loop sends the same messages. The peers are not run here: both would put the "
+                     "row's text before the instruction (no shared prefix), one 24k-token prefill per question."),
+    "repetitive": ("30% of rows repeat another row exactly, 20% are light paraphrases (casing, punctuation, a "
+                   "`Headline:` prefix). raw vLLM gets the distinct prompts only (its ceiling); semframe "
+                   "deduplicates exact repeats itself; `semframe+semantic_cache` also answers near-duplicates "
+                   "from the in-run semantic cache (all-MiniLM-L6-v2 embeddings, similarity ≥ 0.95; embedding "
+                   "time is inside its wall time). The naive loop and the peers send every row."),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--full", action="store_true", help="the issue's sizes (long: about an hour or more on 2 cores)")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated, of " + ", ".join(WORKLOADS))
+    p.add_argument("--contenders", default=None, help="comma-separated subset of " + ", ".join(CONTENDERS))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rows", type=int, default=None, help="override every workload's row count (smoke tests)")
+    p.add_argument("--no-write", action="store_true", help="print only; do not touch docs/")
+    p.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    args = p.parse_args(argv)
+
+    sizes = FULL if args.full else DEFAULT
+    if args.rows:
+        sizes = dataclasses.replace(sizes, titles=args.rows, summaries=min(args.rows, sizes.summaries),
+                                    questions=min(args.rows, sizes.questions), repetitive=args.rows)
+    wanted = args.contenders.split(",") if args.contenders else None
+    facts = machine_facts()
+    started = time.perf_counter()
+    sections, raw = [], {}
+    for name in args.workloads.split(","):
+        title, contenders = WORKLOADS[name]
+        if wanted is not None:
+            contenders = [c for c in contenders if c in wanted]
+        result = run_workload(name, sizes, contenders, args.repeats)
+        rows = summarize(result)
+        raw[name] = {"result": dataclasses.asdict(result), "summary": rows}
+        table = contender_table(rows)
+        info = result.spec_info
+        lim = result.limits
+        lines = [f"### {title}", "",
+                 f"{info['rows']} rows, {lim['distinct_requests']} distinct requests; model "
+                 f"`{Path(info['model']).name}`; `max_tokens={info['max_tokens']}`"
+                 + (f"; context {info['context_tokens']:,} tokens" if info.get("context_tokens") else "")
+                 + f". Minimum prompt tokens: {lim['minimum_prompt_tokens']:,} "
+                 f"({lim['distinct_prompt_tokens']:,} in the distinct prompts, {lim['shared_prefix_tokens']} shared "
+                 f"prefix tokens). Repetitions: {args.repeats}.", "", table, ""]
+        extra = []
+        for c, why in result.failed.items():
+            extra.append(f"- **{c}** did not run: {why}")
+        starts = ", ".join(f"{k} {v:.0f} s" for k, v in result.startup_s.items())
+        extra.append(f"- Start-up (not in the wall times): {starts}.")
+        mem = [f"{r['contender']} {r['peak_rss_mib']:,.0f} MiB" for r in rows if r.get("peak_rss_mib")]
+        if result.server_rss_mib:
+            mem.append(f"vllm serve {result.server_rss_mib:,.0f} MiB (now, server + engine)")
+        extra.append("- Peak memory per process: " + ", ".join(mem) + ".")
+        costs = [f"{r['contender']} ${r['cost_usd']:.6f}" for r in rows if r.get("cost_usd") is not None]
+        if costs:
+            extra.append("- Cost reported by semframe (machine time at its configured price): " + ", ".join(costs) + ".")
+        hits = [f"{r['contender']}: {r['dedup_hits']} dedup, {r['semantic_cache_hits']} semantic-cache hits"
+                for r in rows if r.get("dedup_hits") is not None]
+        if hits and name == "repetitive":
+            extra.append("- Rows answered without the engine: " + "; ".join(hits) + ".")
+        if NOTES[name]:
+            extra.append("- " + NOTES[name])
+        section = "\n".join(lines + extra) + "\n"
+        sections.append(section)
+        print("\n" + section, flush=True)
+    total = time.perf_counter() - started
+    header = ["## Results: the seed workloads", "",
+              f"`.venv/bin/python -m benchmarks.run_all{' --full' if args.full else ''}"
+              f"{' --rows ' + str(args.rows) if args.rows else ''}` ({'full' if args.full else 'default'} sizes), "
+              f"{total / 60:.0f} minutes in all.", "", environment_block(facts), ""]
+    text = "\n".join(header) + "\n" + "\n".join(sections)
+    if args.json:
+        args.json.write_text(json.dumps({"facts": facts, "workloads": raw}, indent=1, default=str))
+    if not args.no_write and not args.rows:
+        path = write_piece("workloads.md", text)
+        (RESULTS / "workloads.json").write_text(json.dumps({"facts": facts, "threads": THREADS, "workloads": {
+            k: v["summary"] for k, v in raw.items()}}, indent=1, default=str))
+        log(f"wrote {path} and docs/benchmarks.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
