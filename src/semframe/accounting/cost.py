@@ -20,7 +20,7 @@ from typing import Any
 
 import polars as pl
 
-from semframe.accounting.prices import TOKEN_PRICES, MachinePrice
+from semframe.accounting.prices import TOKEN_PRICES, MachinePrice, format_usd
 from semframe.accounting.throughput import DEFAULT_THROUGHPUT
 from semframe.accounting.tokens import TokenCounter, heuristic_count_tokens
 
@@ -106,18 +106,18 @@ class CostReport:
         saved = sum(self.saved_requests.values())
         kinds = ", ".join(f"{k} {v:,}" for k, v in self.saved_requests.items() if v) or "none"
         lines = [
-            f"local: ${self.local_usd:.6f} = {self.engine_seconds:.3f} engine s x ${self.machine.hourly_usd:g}/h "
+            f"local: {format_usd(self.local_usd)} = {self.engine_seconds:.4g} engine s x ${self.machine.hourly_usd:g}/h "
             f"({self.machine.name}, as listed {self.machine.as_of or 'by you'})",
             f"tokens: {self.prompt_tokens:,} prompt ({self.cached_prompt_tokens:,} from the prefix cache), "
             f"{self.output_tokens:,} output, {self.engine_requests:,} engine requests",
-            f"reused answers (free): {saved:,} ({kinds}); saved ~${self.saved_local_usd:.6f} locally, "
+            f"reused answers (free): {saved:,} ({kinds}); saved ~{format_usd(self.saved_local_usd)} locally, "
             f"~{self.saved_prompt_tokens + self.saved_output_tokens:,.0f} tokens",
             "as API calls (USD per 1M tokens in/cached/out -> cost, saved):",
         ]
         for row in self.api().iter_rows(named=True):
             lines.append(
                 f"  {row['model']:<28} {row['input_usd_per_m']:g}/{row['cached_input_usd_per_m']:g}/"
-                f"{row['output_usd_per_m']:g} -> ${row['cost_usd']:.6f}, saved ${row['saved_usd']:.6f}"
+                f"{row['output_usd_per_m']:g} -> {format_usd(row['cost_usd'])}, saved {format_usd(row['saved_usd'])}"
             )
         return "\n".join(lines)
 

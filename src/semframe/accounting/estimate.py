@@ -22,13 +22,14 @@ Answers already in the persistent cache are not subtracted: a rerun costs less t
 from __future__ import annotations
 
 import html
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 
-from semframe.accounting.prices import TOKEN_PRICES, MachinePrice, machine_price
+from semframe.accounting.prices import TOKEN_PRICES, MachinePrice, format_usd, machine_price
 from semframe.accounting.throughput import Throughput, throughput_for
 from semframe.accounting.tokens import output_tokens, request_prompt_tokens, token_counter
 from semframe.execution.executor import relational_frame
@@ -168,8 +169,8 @@ class PlanEstimate:
         lines.append(f"  total: {_rng(c_lo, c_hi)} engine calls, {_rng(p_lo, p_hi)} prompt tokens, "
                      f"{_rng(o_lo, o_hi)} output tokens")
         lines.append(f"  time: {_secs(t_lo)} - {_secs(t_hi)} ({self.throughput.basis})")
-        lines.append(f"  cost: {_usd(u_lo)} - {_usd(u_hi)} local ({self.machine.name} at ${self.machine.hourly_usd:g}/h)")
-        api = "; ".join(f"{m} {_usd(lo)} - {_usd(hi)}" for m, (lo, hi) in self.api_usd().items())
+        lines.append(f"  cost: {format_usd(u_lo)} - {format_usd(u_hi)} local ({self.machine.name} at ${self.machine.hourly_usd:g}/h)")
+        api = "; ".join(f"{m} {format_usd(lo)} - {format_usd(hi)}" for m, (lo, hi) in self.api_usd().items())
         if api:
             lines.append(f"  same tokens as API calls: {api}")
         lines.extend(f"  note: {n}" for n in self.notes)
@@ -183,13 +184,6 @@ class PlanEstimate:
 
 def _rng(lo: float, hi: float) -> str:
     return f"{lo:,.0f}" if round(lo) == round(hi) else f"{lo:,.0f}-{hi:,.0f}"
-
-
-def _usd(x: float) -> str:
-    """Dollars with enough digits to be read: $12.35, $0.0123, $4.56e-06."""
-    if x == 0 or x >= 0.01:
-        return f"${x:,.2f}" if x >= 1 else f"${x:.4f}"
-    return f"${x:.3g}"
 
 
 def _secs(s: float) -> str:
@@ -207,9 +201,10 @@ def _secs(s: float) -> str:
 class _State:
     """What is known at one point of the plan while walking up from the scan."""
 
-    frame: pl.DataFrame | None  # the rows at this point, if known exactly
+    frame: pl.DataFrame | None  # the rows at this point, or a superset of them when not ``exact``
     rows_low: float
     rows_high: float
+    exact: bool = True  # False once a step with unknown selectivity ran
     typical_tokens: dict[str, float] = field(default_factory=dict)  # model-written column -> tokens
 
 
@@ -241,11 +236,11 @@ def estimate_plan(plan: Node, engine: Any = None, *, filter_selectivity: float =
         if isinstance(node, SemanticStep):
             steps.append(_estimate_step(node, len(steps), state, engine, count, sample))
             if isinstance(node, SemFilter):
-                state.frame = None
+                state.exact = False
                 state.rows_low *= filter_selectivity
         elif isinstance(node, Head):
             state.rows_low, state.rows_high = min(state.rows_low, node.n), min(state.rows_high, node.n)
-            if state.frame is not None:
+            if state.frame is not None and state.exact:
                 state.frame = state.frame.head(node.n)
         elif isinstance(node, Relational):
             _apply_relational(node, state, filter_selectivity)
@@ -272,10 +267,15 @@ def _apply_relational(node: Relational, state: _State, selectivity: float) -> No
     if state.frame is not None:
         try:
             state.frame = node.apply(state.frame.lazy()).collect()
-            state.rows_low = state.rows_high = state.frame.height
+            if state.exact:
+                state.rows_low = state.rows_high = state.frame.height
+            else:  # the frame is a superset of the rows: it bounds them
+                state.rows_high = min(state.rows_high, state.frame.height)
+                state.rows_low = min(state.rows_low, state.rows_high)
             return
         except pl.exceptions.PolarsError:
             state.frame = None  # it reads a column the model writes, or one not collected
+    state.exact = False
     if isinstance(node, Filter):
         state.rows_low *= selectivity
 
@@ -293,11 +293,11 @@ def _estimate_step(step: SemanticStep, index: int, state: _State, engine: Any, c
         skipped = texts.len() - valid.len()
         distinct = valid.unique(maintain_order=True)
         n_calls = distinct.len() if step.dedupe else valid.len()
-        exact = state.rows_low == state.rows_high == texts.len()
+        exact = state.exact and state.rows_low == state.rows_high == texts.len()
         per_row = n_calls / texts.len() if texts.len() else 0.0
         calls_low = n_calls if exact else round(min(state.rows_low * per_row, n_calls))
-        calls_high = n_calls if exact else round(min(state.rows_high * (valid.len() / max(texts.len(), 1)),
-                                                     distinct.len() if step.dedupe else state.rows_high))
+        calls_high = n_calls if exact else math.ceil(min(state.rows_high * (valid.len() / max(texts.len(), 1)),
+                                                         distinct.len() if step.dedupe else state.rows_high))
         pool = distinct.to_list()
     else:
         # Inputs written by an earlier step: every row is a call, its text is that step's answer.

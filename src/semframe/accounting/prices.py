@@ -163,6 +163,17 @@ def register_machine_price(name: str, hourly_usd: float, *, kind: str = "cpu", s
     return price
 
 
+def format_usd(x: float) -> str:
+    """Dollars with enough digits to read: ``$12.35``, ``$0.0123``, ``$4.56e-06``.
+
+    >>> format_usd(12.345), format_usd(0.0123), format_usd(0.00000456)
+    ('$12.35', '$0.0123', '$4.56e-06')
+    """
+    if x == 0 or x >= 0.01:
+        return f"${x:,.2f}" if x >= 1 else f"${x:.4f}"
+    return f"${x:.3g}"
+
+
 def engine_on_gpu(engine: Any) -> bool:
     """Whether ``engine`` runs on a GPU, judged without importing anything heavy.
 

@@ -23,7 +23,7 @@ from typing import Any
 import polars as pl
 
 from semframe.accounting.cost import CostReport, cost_report
-from semframe.accounting.prices import MachinePrice, machine_price
+from semframe.accounting.prices import MachinePrice, format_usd, machine_price
 from semframe.accounting.tokens import heuristic_count_tokens
 from semframe.execution.lineage import StepMetrics
 from semframe.plan.nodes import Node
@@ -192,7 +192,7 @@ class RunResult:
             f"engine ({self.engine_model or 'none'}): {c.engine_requests:,} requests, "
             f"{c.prompt_tokens:,} prompt + {c.output_tokens:,} output tokens, {c.engine_seconds:.3f} s; "
             f"{saved:,} answers reused\n"
-            f"cost: ${c.local_usd:.6f} local ({c.machine.name} at ${c.machine.hourly_usd:g}/h)"
+            f"cost: {format_usd(c.local_usd)} local ({c.machine.name} at ${c.machine.hourly_usd:g}/h)"
         )
 
     def __repr__(self) -> str:
