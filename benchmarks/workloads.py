@@ -133,8 +133,12 @@ def _bbc() -> pl.DataFrame:
     return bbc_news()
 
 
+def all_distinct_titles() -> list[str]:
+    return _bbc()["title"].unique(maintain_order=True).to_list()
+
+
 def distinct_titles(n: int) -> list[str]:
-    titles = _bbc()["title"].unique(maintain_order=True).to_list()
+    titles = all_distinct_titles()
     if n > len(titles):
         raise ValueError(f"only {len(titles)} distinct titles, asked for {n}")
     return titles[:n]

@@ -1,8 +1,8 @@
 """semframe: the workload as a lazy plan, run with ``SemLazyFrame.run()`` on a ``VLLMEngine``.
 
 Spec options (``spec["semframe"]``): ``layout`` ("shared_first", the optimizer's default, or
-"inline": every rule but ``shape_prompts``), ``exact_cache`` (a cache folder, or null for
-``cache=False``), ``semantic_cache`` (bool), ``batch_size``.
+"inline": every rule but ``shape_prompts``; a command may override it), ``exact_cache`` (a cache
+folder, or null for ``cache=False``), ``semantic_cache`` (bool), ``batch_size``.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def run(state: State, cmd: dict[str, Any]) -> dict[str, Any]:
     plan = build_plan(df.lazy(), spec, semantic_cache=bool(opts.get("semantic_cache")))
     run_kwargs: dict[str, Any] = dict(engine=state.engine, cache=bool(opts.get("exact_cache")),
                                       batch_size=opts.get("batch_size"))
-    if opts.get("layout") == "inline":
+    if cmd.get("layout", opts.get("layout")) == "inline":
         rules = tuple(r for r in RULES if r is not shape_prompts)
         plan = SemLazyFrame(optimize(plan.plan, rules=rules))
         run_kwargs["optimize"] = False
