@@ -154,7 +154,7 @@ class PlanEstimate:
         for s in self.steps:
             name = f"{s.operator}" + (f" -> {s.column}" if s.column else "")
             rows = f"{s.rows_high:,} rows" if s.rows_exact else f"{_rng(s.rows_low, s.rows_high)} rows"
-            skip = f", {s.skipped:,} null/empty skipped" if s.skipped else ""
+            skip = f", {s.skipped:,} null/empty skipped" if s.skipped and s.rows_exact else ""
             o_lo, _, o_hi = s.output_tokens_per_call
             lines.append(
                 f"  step {s.step} {name}: {rows}{skip} -> {_rng(s.calls_low, s.calls_high)} engine calls; "
