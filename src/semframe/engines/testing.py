@@ -69,7 +69,14 @@ class DeterministicEngine(Engine):
         return sum(len(b) for b in self.batches)
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(f"{self.name}:{self._model}".encode()).hexdigest()
+        # A responder is code that decides answers: engines with different responders must not
+        # share cached answers. Its bytecode and constants name it; its id keeps closures apart.
+        who = ""
+        if self._responder is not None:
+            code = getattr(self._responder, "__code__", None)
+            body = repr((code.co_code, code.co_consts)) if code is not None else repr(self._responder)
+            who = f":{body}:{id(self._responder)}"
+        return hashlib.sha256(f"{self.name}:{self._model}{who}".encode()).hexdigest()
 
     def answer(self, request: Request) -> str:
         if self._responder is not None:
