@@ -52,9 +52,9 @@ def main() -> None:
     args = parser.parse_args()
     print(f"rows={args.rows:,} repeats={args.repeats} OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} "
           f"cpus={os.cpu_count()} python={platform.python_version()} polars={pl.__version__}\n")
-    print("| workload | CPU s, lineage off | CPU s, lineage on | overhead (CPU) | wall s off / on (median) "
+    print("| workload | CPU s, lineage off | CPU s, lineage on | overhead (CPU) | per cell | wall s off / on (median) "
           "| lineage rows |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, (df, build) in workloads(args.rows).items():
         timed(df.head(1000), build, True)  # warm up
         off, on, cells = [], [], 0
@@ -65,8 +65,9 @@ def main() -> None:
             cells = run_on[2]
         c_off, c_on = min(r[0] for r in off), min(r[0] for r in on)
         w_off, w_on = statistics.median(r[1] for r in off), statistics.median(r[1] for r in on)
-        print(f"| {name} | {c_off:.2f} | {c_on:.2f} | {100 * (c_on / c_off - 1):+.1f}% | {w_off:.2f} / {w_on:.2f} "
-              f"| {cells:,} |")
+        per_cell = 1e6 * (c_on - c_off) / max(cells, 1)
+        print(f"| {name} | {c_off:.2f} | {c_on:.2f} | {100 * (c_on / c_off - 1):+.1f}% | {per_cell:+.1f} µs "
+              f"| {w_off:.2f} / {w_on:.2f} | {cells:,} |")
 
 
 if __name__ == "__main__":
