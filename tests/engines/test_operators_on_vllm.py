@@ -135,3 +135,24 @@ def test_smollm2_pipeline_end_to_end(smollm2_engine):
     assert out["topic"].null_count() == 0
     lineage = sf.last_run().lineage
     assert lineage.filter(pl.col("operator") == "extract")["error"].drop_nulls().str.contains("JSON").sum() == 0
+
+
+@pytest.mark.smollm2
+def test_the_default_engine_runs_when_no_engine_is_named(smollm2_model_dir):
+    """The README's path: no engine configured, no engine passed -> the default vLLM engine."""
+    from semframe import config
+    from semframe.engines import vllm as vllm_engines
+
+    config.settings.cache_dir = smollm2_model_dir.parent.parent  # where the converted model lives
+    sf.configure(engine=None)
+    try:
+        out = pl.DataFrame({"t": ["Stocks rally on strong earnings"]}).semantic.classify(
+            "t", ["YES", "NO"], instruction="Is this about business?", cache=False)
+        assert out["classify"][0] in ("YES", "NO")
+        engine = vllm_engines.running_default_engine()
+        assert engine is not None and engine.model == str(smollm2_model_dir)
+        assert vllm_engines.default_engine() is engine  # started once, then shared
+    finally:
+        running = vllm_engines.running_default_engine()
+        if running is not None:
+            running.close()

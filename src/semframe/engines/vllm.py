@@ -48,7 +48,7 @@ _FINGERPRINT_FILES = (
 )
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 #: Guards the default engine and the count of open engines in this process.
-_default_lock = threading.Lock()
+_default_lock = threading.RLock()  # re-entered: default_engine() holds it while VLLMEngine() counts engines
 _live_engines = 0
 #: The cut made in the middle of a message by ``truncate_prompt=True``.
 _TRUNCATION_MARK = " [...] "
