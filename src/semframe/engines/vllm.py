@@ -10,7 +10,6 @@ stays fast and works without them.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import gc
 import hashlib
@@ -19,6 +18,7 @@ import json
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +84,19 @@ def _engine_env(multiprocess: bool) -> Iterator[None]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = saved
+
+
+def _shutdown(llm: Any, in_process: bool) -> None:
+    """Shut one ``vllm.LLM`` down without breaking the other in-process engines.
+
+    vLLM's distributed state is process-wide and shared by every in-process engine; its shutdown
+    tears it down, which would break the others, so it is kept until the last one closes.
+    """
+    last = _count_engine(-1) == 0 if in_process else True
+    with contextlib.suppress(Exception), _keep_distributed_state(not last):
+        llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
 
 
 @contextlib.contextmanager
@@ -268,6 +281,8 @@ class VLLMEngine(Engine):
             ) from exc
         if not multiprocess:
             _count_engine(+1)
+        # Runs once: on close(), when the engine is garbage collected, or at interpreter exit.
+        self._finalizer = weakref.finalize(self, _shutdown, self._llm, not multiprocess)
         config = self._llm.llm_engine.model_config
         self.max_model_len: int = int(config.max_model_len)
         self.dtype = str(config.dtype).removeprefix("torch.")
@@ -477,17 +492,8 @@ class VLLMEngine(Engine):
 
     def close(self) -> None:
         """Shut the engine down and free its memory. Safe to call twice."""
-        llm, self._llm = self._llm, None
-        if llm is None:
-            return
-        in_process = not self._options["multiprocess"]
-        # vLLM's distributed state is process-wide and shared by every in-process engine; its
-        # shutdown tears it down, which would break the others: keep it until the last one closes.
-        last = _count_engine(-1) == 0 if in_process else True
-        with contextlib.suppress(Exception), _keep_distributed_state(not last):
-            llm.llm_engine.engine_core.shutdown()
-        del llm
-        gc.collect()
+        self._llm = None
+        self._finalizer()
 
     @property
     def closed(self) -> bool:
@@ -501,14 +507,14 @@ _default: VLLMEngine | None = None
 def default_engine() -> VLLMEngine:
     """The process-wide default engine: ``VLLMEngine()``, started on first use and then shared.
 
-    It is closed when the interpreter exits; if someone closed it, the next call starts a new one.
+    Like every engine it is shut down at interpreter exit; if someone closed it, the next call
+    starts a new one.
     """
     global _default
     with _default_lock:
         if _default is None or _default.closed:
             logger.info("semframe: starting the default vLLM engine (first use in this process)")
             _default = VLLMEngine()
-            atexit.register(_default.close)
         return _default
 
 
