@@ -55,6 +55,9 @@ _TRUNCATION_MARK = " [...] "
 
 
 def _import_vllm() -> Any:
+    # vLLM logs every start-up at INFO, its whole config included; semframe logs its own start
+    # ("starting vLLM ...") on the "semframe" logger. Set VLLM_LOGGING_LEVEL to see vLLM's.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     try:
         import vllm
     except ImportError as exc:
