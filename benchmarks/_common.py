@@ -234,6 +234,8 @@ class VLLMServer:
     ``vllm`` (PackageNotFoundError otherwise): a throwaway folder on PYTHONPATH holds a
     ``vllm-<version>.dist-info`` with just that name. ``VLLM_SERVER_DEV_MODE=1`` enables
     ``/reset_prefix_cache``, so each repetition starts cold like the in-process contenders.
+    The server's default temperature is 0: fenic leaves temperature 0 out of its requests
+    (``if request.temperature:``), and vLLM would then sample at 1.0.
     """
 
     model: str
@@ -257,7 +259,8 @@ class VLLMServer:
         env.pop("VLLM_ENABLE_V1_MULTIPROCESSING")  # the server's engine runs in its own process
         cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", self.model,
                "--host", "127.0.0.1", "--port", str(self.port), "--served-model-name", *self.names,
-               "--enable-prompt-tokens-details", "--disable-uvicorn-access-log", *_cli_flags(self.options)]
+               "--enable-prompt-tokens-details", "--disable-uvicorn-access-log",
+               "--override-generation-config", json.dumps({"temperature": 0.0}), *_cli_flags(self.options)]
         self.log_path = self.workdir / "vllm-serve.log"
         start = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT, env=env,

@@ -42,7 +42,9 @@ bash scripts/setup.sh && bash benchmarks/setup_peers.sh    # once: .venv, and th
   per workload, warmed up on 8 rows, then run `repeats` times in a rotating order. Every
   repetition starts with an empty prefix cache (`LLM.reset_prefix_cache()`, or the server's
   `/reset_prefix_cache`). Wall times are medians over repetitions; ratios ("x raw") are taken
-  within a repetition, then the median is reported. Engine start-up is not in the wall times.
+  within a repetition, then the median is reported ("x raw vLLM" is a contender's wall time over
+  raw vLLM's, "x semframe" over semframe's: above 1 is slower). Engine start-up is not in the
+  wall times.
 - **semframe**: the workload as a lazy plan (`classify` or `map`), `SemLazyFrame.run()` with
   `cache=False` (no persistent cache: every repetition asks the engine).
 - **raw vLLM**, the ceiling: `vllm.LLM.generate` on the *distinct* prompts semframe sends (its
@@ -52,7 +54,13 @@ bash scripts/setup.sh && bash benchmarks/setup_peers.sh    # once: .venv, and th
 - **LOTUS** (`sem_map`, litellm route `hosted_vllm/`) and **fenic** (`semantic.map`, the model
   served under the extra name `gpt-4o-mini`): given the issue's prompt verbatim with the row's
   column, laid out their own way, same `max_tokens`; LOTUS passes the label choice as
-  `structured_outputs`, fenic's `map` has no such option (free text).
+  `structured_outputs`, fenic's `map` has no such option (free text). Each uses its own
+  concurrency (LOTUS: litellm `batch_completion` with 64 workers; fenic: its async scheduler, with
+  rate limits set far above what the server can do). fenic leaves `temperature` out when it is 0,
+  so the server is started with `--override-generation-config '{"temperature": 0.0}'` (else vLLM
+  samples at 1.0). LOTUS needs `LITELLM_LOCAL_MODEL_COST_MAP=True` offline; fenic needs its
+  catalog model name and tiktoken's encoding files (`setup_peers.sh` takes them from the PyPI
+  package `bpe-openai`, checked against tiktoken's hashes).
 - **Tokens** for server-based contenders are the server's own counters (`/metrics`: prompt,
   prefix-cache hits, generated); for in-process ones the engine's per-request counts.
   *computed* = prompt tokens − prefix-cached tokens; *minimum* = every distinct request's own
@@ -99,7 +107,7 @@ def environment_block(facts: dict[str, Any], extra: dict[str, Any] | None = None
 
 
 def contender_table(rows: list[dict[str, Any]]) -> str:
-    headers = ["contender", "wall s (median)", "rows/s", "x raw vLLM", "prompt tok/s", "output tok/s",
+    headers = ["contender", "wall s (median)", "rows/s", "x raw vLLM", "x semframe", "prompt tok/s", "output tok/s",
                "p90−p10 s", "engine requests", "prompt tokens", "computed", "computed / minimum",
                "output tokens", "agree w/ raw"]
     body = []
@@ -107,6 +115,7 @@ def contender_table(rows: list[dict[str, Any]]) -> str:
         name = r["contender"] + (f" {r['version']}" if r.get("version") else "")
         body.append([
             name, r["wall_s"], r["rows_per_s"], None if r["vs_raw_vllm"] is None else f"{r['vs_raw_vllm']:.2f}",
+            None if r.get("vs_semframe") is None else f"{r['vs_semframe']:.2f}",
             r["prompt_tok_per_s"], r["output_tok_per_s"],
             None if r["latency_p90_p10_s"] is None else f"{r['latency_p90_p10_s']:.2f}",
             r["engine_requests"], r["prompt_tokens"], r["computed_prompt_tokens"],

@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # `python benchmarks/run_all.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import RESULTS, THREADS, log, machine_facts  # noqa: E402
-from benchmarks.harness import CONTENDERS, run_workload, summarize  # noqa: E402
+from benchmarks.harness import CONTENDERS, WorkloadResult, run_workload, summarize  # noqa: E402
 from benchmarks.report import contender_table, environment_block, write_piece  # noqa: E402
 from benchmarks.workloads import DEFAULT, FULL  # noqa: E402
 
@@ -33,7 +33,8 @@ WORKLOADS = {
     "long_context": ("3. Large context: many questions against one long shared context",
                      ["semframe", "raw_vllm", "naive_loop"]),
     "repetitive": ("4. Repetitive column: titles with exact duplicates and light paraphrases",
-                   ["semframe", "semframe+semantic_cache", "raw_vllm", "naive_loop", "lotus", "fenic"]),
+                   ["semframe", "semframe+semantic_cache", "semframe_rerun_exact_cache", "raw_vllm", "naive_loop",
+                    "lotus", "fenic"]),
 }
 
 NOTES = {
@@ -50,20 +51,78 @@ NOTES = {
                    "`Headline:` prefix). raw vLLM gets the distinct prompts only (its ceiling); semframe "
                    "deduplicates exact repeats itself; `semframe+semantic_cache` also answers near-duplicates "
                    "from the in-run semantic cache (all-MiniLM-L6-v2 embeddings, similarity ≥ 0.95; embedding "
-                   "time is inside its wall time). The naive loop and the peers send every row."),
+                   "time is inside its wall time); `semframe_rerun_exact_cache` is the same plan run again with the "
+                   "persistent exact cache on (filled by one untimed run first): a rerun asks the engine nothing. "
+                   "The naive loop and the peers send every row."),
 }
+
+
+def render_section(name: str, result: WorkloadResult, repeats: int) -> str:
+    """The markdown section of one workload: what ran, the table, and the notes."""
+    title, _ = WORKLOADS[name]
+    rows = summarize(result)
+    info, lim = result.spec_info, result.limits
+    lines = [f"### {title}", "",
+             f"{info['rows']} rows, {lim['distinct_requests']} distinct requests; model "
+             f"`{Path(info['model']).name}`; `max_tokens={info['max_tokens']}`"
+             + (f"; context {info['context_tokens']:,} tokens" if info.get("context_tokens") else "")
+             + f". Minimum prompt tokens: {lim['minimum_prompt_tokens']:,} "
+             f"({lim['distinct_prompt_tokens']:,} in the distinct prompts, {lim['shared_prefix_tokens']} shared "
+             f"prefix tokens). Repetitions: {repeats}.", "", contender_table(rows), ""]
+    extra = [f"- **{c}** did not run: {why}" for c, why in result.failed.items()]
+    starts = ", ".join(f"{k} {v:.0f} s" for k, v in result.startup_s.items())
+    extra.append(f"- Start-up (not in the wall times): {starts}.")
+    mem = [f"{r['contender']} {r['peak_rss_mib']:,.0f} MiB" for r in rows if r.get("peak_rss_mib")]
+    if result.server_rss_mib:
+        mem.append(f"vllm serve {result.server_rss_mib:,.0f} MiB (at the end, server + engine)")
+    extra.append("- Peak memory per process: " + ", ".join(mem) + ".")
+    costs = [f"{r['contender']} ${r['cost_usd']:.6f}" for r in rows if r.get("cost_usd") is not None]
+    if costs:
+        extra.append("- Local cost as semframe reports it (engine time at its configured machine price): "
+                     + ", ".join(costs) + ".")
+    if name == "repetitive":
+        hits = [f"{r['contender']}: {r['dedup_hits']} dedup, {r['semantic_cache_hits']} semantic-cache hits"
+                for r in rows if r.get("dedup_hits") is not None]
+        if hits:
+            extra.append("- Rows answered without the engine: " + "; ".join(hits) + ".")
+    if NOTES[name]:
+        extra.append("- " + NOTES[name])
+    return "\n".join(lines + extra) + "\n"
+
+
+def write_report(facts: dict, results: dict[str, WorkloadResult], repeats: int, command: str,
+                 minutes: float, write: bool) -> str:
+    sections = [render_section(name, res, repeats) for name, res in results.items()]
+    header = ["## Results: the seed workloads", "", f"`{command}`, {minutes:.0f} minutes in all.", "",
+              environment_block(facts), ""]
+    text = "\n".join(header) + "\n" + "\n".join(sections)
+    if write:
+        path = write_piece("workloads.md", text)
+        (RESULTS / "workloads.json").write_text(json.dumps({
+            "facts": facts, "threads": THREADS, "repeats": repeats, "command": command, "minutes": minutes,
+            "workloads": {k: dataclasses.asdict(v) for k, v in results.items()}}, indent=1, default=str))
+        log(f"wrote {path}, docs/results/workloads.json and docs/benchmarks.md")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--full", action="store_true", help="the issue's sizes (long: about an hour or more on 2 cores)")
+    p.add_argument("--full", action="store_true", help="the issue's sizes (long: an hour or more on 2 cores)")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated, of " + ", ".join(WORKLOADS))
     p.add_argument("--contenders", default=None, help="comma-separated subset of " + ", ".join(CONTENDERS))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--rows", type=int, default=None, help="override every workload's row count (smoke tests)")
     p.add_argument("--no-write", action="store_true", help="print only; do not touch docs/")
-    p.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    p.add_argument("--rerender", type=Path, default=None,
+                   help="re-render docs from a saved docs/results/workloads.json instead of running")
     args = p.parse_args(argv)
+
+    if args.rerender:
+        saved = json.loads(args.rerender.read_text())
+        results = {k: WorkloadResult(**v) for k, v in saved["workloads"].items()}
+        print(write_report(saved["facts"], results, saved["repeats"], saved["command"], saved["minutes"],
+                           write=not args.no_write))
+        return 0
 
     sizes = FULL if args.full else DEFAULT
     if args.rows:
@@ -72,58 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     wanted = args.contenders.split(",") if args.contenders else None
     facts = machine_facts()
     started = time.perf_counter()
-    sections, raw = [], {}
+    results: dict[str, WorkloadResult] = {}
     for name in args.workloads.split(","):
-        title, contenders = WORKLOADS[name]
+        contenders = WORKLOADS[name][1]
         if wanted is not None:
             contenders = [c for c in contenders if c in wanted]
-        result = run_workload(name, sizes, contenders, args.repeats)
-        rows = summarize(result)
-        raw[name] = {"result": dataclasses.asdict(result), "summary": rows}
-        table = contender_table(rows)
-        info = result.spec_info
-        lim = result.limits
-        lines = [f"### {title}", "",
-                 f"{info['rows']} rows, {lim['distinct_requests']} distinct requests; model "
-                 f"`{Path(info['model']).name}`; `max_tokens={info['max_tokens']}`"
-                 + (f"; context {info['context_tokens']:,} tokens" if info.get("context_tokens") else "")
-                 + f". Minimum prompt tokens: {lim['minimum_prompt_tokens']:,} "
-                 f"({lim['distinct_prompt_tokens']:,} in the distinct prompts, {lim['shared_prefix_tokens']} shared "
-                 f"prefix tokens). Repetitions: {args.repeats}.", "", table, ""]
-        extra = []
-        for c, why in result.failed.items():
-            extra.append(f"- **{c}** did not run: {why}")
-        starts = ", ".join(f"{k} {v:.0f} s" for k, v in result.startup_s.items())
-        extra.append(f"- Start-up (not in the wall times): {starts}.")
-        mem = [f"{r['contender']} {r['peak_rss_mib']:,.0f} MiB" for r in rows if r.get("peak_rss_mib")]
-        if result.server_rss_mib:
-            mem.append(f"vllm serve {result.server_rss_mib:,.0f} MiB (now, server + engine)")
-        extra.append("- Peak memory per process: " + ", ".join(mem) + ".")
-        costs = [f"{r['contender']} ${r['cost_usd']:.6f}" for r in rows if r.get("cost_usd") is not None]
-        if costs:
-            extra.append("- Cost reported by semframe (machine time at its configured price): " + ", ".join(costs) + ".")
-        hits = [f"{r['contender']}: {r['dedup_hits']} dedup, {r['semantic_cache_hits']} semantic-cache hits"
-                for r in rows if r.get("dedup_hits") is not None]
-        if hits and name == "repetitive":
-            extra.append("- Rows answered without the engine: " + "; ".join(hits) + ".")
-        if NOTES[name]:
-            extra.append("- " + NOTES[name])
-        section = "\n".join(lines + extra) + "\n"
-        sections.append(section)
-        print("\n" + section, flush=True)
-    total = time.perf_counter() - started
-    header = ["## Results: the seed workloads", "",
-              f"`.venv/bin/python -m benchmarks.run_all{' --full' if args.full else ''}"
-              f"{' --rows ' + str(args.rows) if args.rows else ''}` ({'full' if args.full else 'default'} sizes), "
-              f"{total / 60:.0f} minutes in all.", "", environment_block(facts), ""]
-    text = "\n".join(header) + "\n" + "\n".join(sections)
-    if args.json:
-        args.json.write_text(json.dumps({"facts": facts, "workloads": raw}, indent=1, default=str))
-    if not args.no_write and not args.rows:
-        path = write_piece("workloads.md", text)
-        (RESULTS / "workloads.json").write_text(json.dumps({"facts": facts, "threads": THREADS, "workloads": {
-            k: v["summary"] for k, v in raw.items()}}, indent=1, default=str))
-        log(f"wrote {path} and docs/benchmarks.md")
+        results[name] = run_workload(name, sizes, contenders, args.repeats)
+        print("\n" + render_section(name, results[name], args.repeats), flush=True)
+    command = "python -m benchmarks.run_all" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    write_report(facts, results, args.repeats, command, (time.perf_counter() - started) / 60,
+                 write=not args.no_write and not args.rows)
     return 0
 
 

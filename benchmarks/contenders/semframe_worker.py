@@ -99,13 +99,12 @@ def run(state: State, cmd: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cost(result: Any) -> float | None:
-    """The run's cost in USD, where the observability layer reports one."""
-    for name in ("cost_usd", "cost"):
-        value = getattr(result, name, None)
-        value = getattr(value, "total_usd", value)
-        if isinstance(value, (int, float)):
-            return float(value)
-    return None
+    """The run's local cost in USD (machine time at its price), as semframe reports it."""
+    try:
+        value = result.cost.local_usd
+    except Exception:  # an older semframe without cost reports
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 if __name__ == "__main__":
