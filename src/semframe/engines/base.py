@@ -14,6 +14,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from semframe.errors import OutputError
@@ -56,12 +57,12 @@ class Request:
             "top_p": self.top_p,
         }
 
-    @property
+    @cached_property  # computed once: the runner, the caches and lineage all use it
     def key(self) -> str:
         blob = json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
-    @property
+    @cached_property
     def prompt_text(self) -> str:
         """The messages as plain text (for display and token estimates)."""
         return "\n\n".join(f"[{m.role}]\n{m.content}" for m in self.messages)

@@ -252,14 +252,8 @@ class SemLazyFrame:
         return out
 
 
-class _PlanVerbs(SemanticVerbs):
-    """``SemLazyFrame.semantic``: add a semantic step to the plan."""
-
-    def __init__(self, frame: SemLazyFrame):
-        self._frame = frame
-
-    def _plan(self) -> Node:
-        return self._frame.plan
+class LazyVerbs(SemanticVerbs):
+    """Semantic verbs that add a step to a plan and return a :class:`SemLazyFrame`."""
 
     def _finish(self, node: Node, run_options: dict[str, Any]) -> SemLazyFrame:
         if run_options:
@@ -268,3 +262,13 @@ class _PlanVerbs(SemanticVerbs):
                 "options to collect()"
             )
         return SemLazyFrame(node)
+
+
+class _PlanVerbs(LazyVerbs):
+    """``SemLazyFrame.semantic``: add a semantic step to the plan."""
+
+    def __init__(self, frame: SemLazyFrame):
+        self._frame = frame
+
+    def _plan(self) -> Node:
+        return self._frame.plan

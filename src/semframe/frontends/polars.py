@@ -9,13 +9,13 @@ from typing import Any
 
 import polars as pl
 
-from semframe.frontends.lazy import SemLazyFrame
+from semframe.frontends.lazy import LazyVerbs, SemLazyFrame
 from semframe.frontends.verbs import SemanticVerbs
 from semframe.plan.nodes import Node, Scan, Source
 
 
 @pl.api.register_lazyframe_namespace("semantic")
-class LazySemanticNamespace(SemanticVerbs):
+class LazySemanticNamespace(LazyVerbs):
     """``pl.LazyFrame.semantic``: each verb returns a :class:`SemLazyFrame` (nothing runs yet)."""
 
     def __init__(self, lf: pl.LazyFrame):
@@ -23,14 +23,6 @@ class LazySemanticNamespace(SemanticVerbs):
 
     def _plan(self) -> Node:
         return Scan(Source.from_data(self._lf))
-
-    def _finish(self, node: Node, run_options: dict[str, Any]) -> SemLazyFrame:
-        if run_options:
-            raise TypeError(
-                f"unexpected argument(s) {sorted(run_options)} for a lazy step; pass engine and run "
-                "options to collect()"
-            )
-        return SemLazyFrame(node)
 
 
 @pl.api.register_dataframe_namespace("semantic")

@@ -14,18 +14,11 @@ Example::
 
 from __future__ import annotations
 
-from semframe.plan.nodes import Drop, Head, Node, Rename, Select, SemanticStep, WithColumns
+from semframe.plan.nodes import push_down, Drop, Head, Node, Rename, Select, SemanticStep, WithColumns
 
 
 def pushdown_limit(plan: Node) -> Node:
-    children = plan.children
-    if not children:
-        return plan
-    if isinstance(plan, Head):
-        pushed = _push(plan)
-        if pushed is not None:
-            return pushdown_limit(pushed)
-    return plan.with_child(pushdown_limit(children[0]))
+    return push_down(plan, Head, _push)
 
 
 def _passes(node: Node) -> bool:

@@ -16,18 +16,11 @@ Example::
 
 from __future__ import annotations
 
-from semframe.plan.nodes import Drop, Filter, Node, Select, SemanticStep, Sort, WithColumns
+from semframe.plan.nodes import push_down, Drop, Filter, Node, Select, SemanticStep, Sort, WithColumns
 
 
 def pushdown_predicates(plan: Node) -> Node:
-    children = plan.children
-    if not children:
-        return plan
-    if isinstance(plan, Filter):
-        pushed = _push(plan)
-        if pushed is not None:
-            return pushdown_predicates(pushed)
-    return plan.with_child(pushdown_predicates(children[0]))
+    return push_down(plan, Filter, _push)
 
 
 def _push(node: Filter) -> Node | None:

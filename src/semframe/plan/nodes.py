@@ -531,6 +531,22 @@ def walk(node: Node):
         yield from walk(child)
 
 
+def push_down(plan: Node, kind: type[Node], push) -> Node:
+    """Top-down: wherever a ``kind`` node is found, let ``push(node)`` sink it one level.
+
+    ``push`` returns the rewritten subtree, or None where the node cannot move; a node that
+    moved is pushed again from its new place, so it sinks as far as it can.
+    """
+    children = plan.children
+    if not children:
+        return plan
+    if isinstance(plan, kind):
+        pushed = push(plan)
+        if pushed is not None:
+            return push_down(pushed, kind, push)
+    return plan.with_child(push_down(children[0], kind, push))
+
+
 def transform_up(node: Node, fn) -> Node:
     """Rebuild the tree bottom-up, replacing each node by ``fn(node)`` (children first)."""
     children = node.children
