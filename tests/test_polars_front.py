@@ -1,6 +1,5 @@
 """The four verbs through polars, eager and lazy, on the deterministic engine."""
 
-import io
 
 import duckdb
 import polars as pl

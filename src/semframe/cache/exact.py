@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
-from typing import Any
 
 from semframe.cache.store import AnswerStore
 from semframe.engines.base import Completion, Request
