@@ -271,10 +271,12 @@ def _count_rows(node: Node) -> int | None:
 def relational_frame(node: Node) -> pl.LazyFrame | None:
     """The subtree as one polars query (with the row-id column), if it is relational down to the scan."""
     if isinstance(node, Scan):
-        lf = node.source.frame
+        # Number the rows before projecting: a projection to no columns (``select(pl.len())``
+        # reads none) must still keep every row.
+        lf = node.source.frame.with_row_index(ROW_ID)
         if node.columns_read is not None:
-            lf = lf.select(list(node.columns_read))
-        return lf.with_row_index(ROW_ID)
+            lf = lf.select(ROW_ID, *node.columns_read)
+        return lf
     if isinstance(node, Relational):
         below = relational_frame(node.child)  # type: ignore[attr-defined]
         return None if below is None else _apply(node, below)
