@@ -78,8 +78,10 @@ def _prune(node: Node, needed: Needed) -> Node:
         keep = tuple(c for c in node.columns if needed is None or c in needed)
         return _prune(Select(node.child, tuple(PlExpr(pl.col(c)) for c in keep)), needed)
     elif isinstance(node, Rename):
+        # Every renamed column must exist below (polars refuses to rename a missing one),
+        # whether or not anything above reads it.
         back = {new: old for old, new in node.mapping}
-        below = None if needed is None else frozenset(back.get(c, c) for c in needed)
+        below = None if needed is None else frozenset(back.get(c, c) for c in needed) | set(back.values())
     else:
         below = None
     return node.with_child(_prune(node.child, below))  # type: ignore[attr-defined]
