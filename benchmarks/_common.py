@@ -341,6 +341,8 @@ def fmt(x: Any, digits: int = 1) -> str:
     if isinstance(x, float):
         if abs(x) >= 1000:
             return f"{x:,.0f}"
+        if 0 < abs(x) < 1:
+            return f"{x:.2f}"
         return f"{x:.{digits}f}"
     if isinstance(x, int):
         return f"{x:,}"

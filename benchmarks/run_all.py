@@ -70,6 +70,11 @@ def render_section(name: str, result: WorkloadResult, repeats: int) -> str:
              f"({lim['distinct_prompt_tokens']:,} in the distinct prompts, {lim['shared_prefix_tokens']} shared "
              f"prefix tokens). Repetitions: {repeats}.", "", contender_table(rows), ""]
     extra = [f"- **{c}** did not run: {why}" for c, why in result.failed.items()]
+    by_name = {r["contender"]: r for r in rows}
+    if "semframe" in by_name:
+        words = [f"{r['contender']} {r['vs_semframe']:.2f}x" for r in rows
+                 if r["contender"] != "semframe" and r.get("vs_semframe") is not None]
+        extra.append("- Wall time relative to semframe in the same repetition (median): " + ", ".join(words) + ".")
     starts = ", ".join(f"{k} {v:.0f} s" for k, v in result.startup_s.items())
     extra.append(f"- Start-up (not in the wall times): {starts}.")
     mem = [f"{r['contender']} {r['peak_rss_mib']:,.0f} MiB" for r in rows if r.get("peak_rss_mib")]
@@ -98,9 +103,14 @@ def write_report(facts: dict, results: dict[str, WorkloadResult], repeats: int, 
     text = "\n".join(header) + "\n" + "\n".join(sections)
     if write:
         path = write_piece("workloads.md", text)
+        saved = {k: dataclasses.asdict(v) for k, v in results.items()}
+        for res in saved.values():  # the answers themselves would make the file large
+            for runs in res["runs"].values():
+                for run in runs:
+                    run.pop("answers", None)
         (RESULTS / "workloads.json").write_text(json.dumps({
             "facts": facts, "threads": THREADS, "repeats": repeats, "command": command, "minutes": minutes,
-            "workloads": {k: dataclasses.asdict(v) for k, v in results.items()}}, indent=1, default=str))
+            "workloads": saved}, indent=1, default=str))
         log(f"wrote {path}, docs/results/workloads.json and docs/benchmarks.md")
     return text
 
