@@ -92,8 +92,21 @@ def test_rename_of_a_column_nobody_reads_later(frame, layout_free_engine):
     pytest.param(lambda lf: lf.select(pl.first(), pl.last()), id="first and last"),
     pytest.param(lambda lf: lf.select(pl.all().name.suffix("_x")), id="all with suffix"),
     pytest.param(lambda lf: lf.select(cs.numeric().sum()), id="aggregate over a selector"),
+    pytest.param(lambda lf: lf.filter(pl.all_horizontal(cs.integer() > 2)), id="filter over a selector"),
+    pytest.param(lambda lf: lf.sort(pl.last(), pl.nth(1), descending=[False, True]), id="sort by selectors"),
 ])
 def test_multi_output_expressions_after_a_semantic_step(frame, layout_free_engine, step):
     plan = step(frame.lazy().semantic.classify("title", ["YES", "NO"], name="c"))
     expected = step(_classified(frame, layout_free_engine).lazy()).collect()
     _check(plan, expected, layout_free_engine)
+
+
+def test_row_ids_survive_steps_with_selectors(frame, layout_free_engine):
+    base = frame.lazy().semantic.classify("title", ["YES", "NO"], name="c")
+    plan = (base.with_columns(cs.numeric() * 10).filter(pl.all_horizontal(cs.integer() > 20))
+                .sort(pl.col("year"), descending=True).select(pl.all().exclude("s")))
+    run = plan.run(layout_free_engine, cache=False)
+    assert run.df["n"].to_list() == [600, 200, 400, 300]
+    assert run.row_ids.to_list() == [5, 1, 3, 2]  # ids are positions in the input, untouched
+    assert run.with_row_ids().columns == ["row_id", "title", "year", "n", "c"]
+    assert base.select(cs.numeric().sum()).run(layout_free_engine, cache=False).row_ids.to_list() == [None]

@@ -36,12 +36,15 @@ from semframe.execution.result import RunResult
 from semframe.execution.semantic import SemanticRunner
 from semframe.plan.nodes import (
     ROW_ID,
+    Filter,
     Head,
     Node,
     Relational,
     Scan,
     Select,
     SemanticStep,
+    Sort,
+    WithColumns,
     walk,
 )
 
@@ -285,6 +288,8 @@ def relational_frame(node: Node) -> pl.LazyFrame | None:
 
 def _apply(node: Relational, lf: pl.LazyFrame) -> pl.LazyFrame:
     """Apply a relational step, keeping the hidden row-id column alive through selects."""
+    if any(e.selects_all for e in node.expressions):
+        return _apply_without_row_id(node, lf)
     if not isinstance(node, Select):
         return node.apply(lf)
     out = node.apply(lf)
@@ -293,6 +298,40 @@ def _apply(node: Relational, lf: pl.LazyFrame) -> pl.LazyFrame:
     if all(e.expr.meta.is_length_preserving() for e in node.exprs):
         return lf.select([*(e.expr for e in node.exprs), pl.col(ROW_ID)])
     return out.with_columns(pl.lit(None, dtype=pl.UInt32).alias(ROW_ID))
+
+
+_POS = "__sf_pos"
+_KEEP = "__sf_keep"
+_HEIGHT = "__sf_height"
+
+
+def _apply_without_row_id(node: Relational, lf: pl.LazyFrame) -> pl.LazyFrame:
+    """Apply a step whose expressions expand against the schema (``pl.all()``, ``pl.first()``,
+    ``cs.numeric()``, ``pl.col("a", "b")``) where they cannot see the hidden row-id column, then
+    attach each output row's id again."""
+    data = lf.drop(ROW_ID)
+    if isinstance(node, WithColumns):  # one output row per input row, in order
+        return pl.concat([lf.select(ROW_ID), node.apply(data)], how="horizontal")
+    if isinstance(node, Filter):
+        keep = data.with_columns(node.predicate.expr.alias(_KEEP)).select(_KEEP)
+        return pl.concat([lf, keep], how="horizontal").filter(pl.col(_KEEP)).drop(_KEEP)
+    if isinstance(node, Sort):
+        keys = data.select([e.expr.name.prefix(f"__sf_key{i}_") for i, e in enumerate(node.by)])
+        names = keys.collect_schema().names()
+        flags = node.descending
+        descending = flags[0] if len(set(flags)) == 1 else list(flags)  # one flag fits any expansion
+        return (pl.concat([lf, keys], how="horizontal")
+                  .sort(names, descending=descending, nulls_last=node.nulls_last, maintain_order=True)
+                  .drop(names))
+    if isinstance(node, Select):
+        # Row k of the output is input row k when the select kept the height; else (an
+        # aggregate) the rows have no input row.
+        out = data.select(*(e.expr for e in node.exprs), pl.len().alias(_HEIGHT)).with_row_index(_POS)
+        ids = lf.select(ROW_ID).with_row_index(_POS)
+        out = out.join(ids, on=_POS, how="left", maintain_order="left")
+        same = pl.len() == pl.col(_HEIGHT)
+        return out.with_columns(pl.when(same).then(pl.col(ROW_ID))).drop(_POS, _HEIGHT)
+    return node.apply(lf)  # pragma: no cover - every step with expressions is listed above
 
 
 def _rebatch(stream: Iterator[pl.DataFrame], size: int) -> Iterator[pl.DataFrame]:

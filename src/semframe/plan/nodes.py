@@ -63,7 +63,11 @@ class PlExpr:
 
     @cached_property
     def selects_all(self) -> bool:
-        """True for wildcards, regexes and selectors: the columns it reads are not named."""
+        """True if a wildcard, regex or selector appears anywhere in it: the columns it reads are not named.
+
+        This covers ``pl.col("a", "b")``, ``pl.first()``, ``pl.exclude(...)`` and
+        ``pl.sum_horizontal(cs.numeric())`` too: polars expands them against the frame's schema.
+        """
         meta = self.expr.meta
         return meta.has_multiple_outputs() or meta.is_regex_projection()
 
@@ -75,6 +79,8 @@ class PlExpr:
         can run per batch and commute with row-removing steps. Conservative: polars'
         ``is_row_separable`` plus no aggregation, length or window anywhere in the tree.
         """
+        if self.selects_all:
+            return False  # polars cannot analyse an expression before expanding it (it raises)
         if not self.expr.meta.is_row_separable():
             return False
         tree = json.loads(self.expr.meta.serialize(format="json"))
@@ -201,6 +207,11 @@ class Relational(Node):
         raise NotImplementedError
 
     @property
+    def expressions(self) -> tuple[PlExpr, ...]:
+        """The polars expressions the step evaluates (none for drop, rename, head)."""
+        return ()
+
+    @property
     def is_elementwise(self) -> bool:
         """True if the step gives the same result on any split of its input into batches."""
         return False
@@ -223,6 +234,10 @@ class Filter(Relational):
     label: ClassVar[str] = "FILTER"
     row_preserving: ClassVar[bool] = False
 
+    @property
+    def expressions(self) -> tuple[PlExpr, ...]:
+        return (self.predicate,)
+
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:
         return lf.filter(self.predicate.expr)
 
@@ -239,6 +254,10 @@ class Select(Relational):
     child: Node
     exprs: tuple[PlExpr, ...]
     label: ClassVar[str] = "SELECT"
+
+    @property
+    def expressions(self) -> tuple[PlExpr, ...]:
+        return self.exprs
 
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:
         return lf.select([e.expr for e in self.exprs])
@@ -261,6 +280,10 @@ class WithColumns(Relational):
     child: Node
     exprs: tuple[PlExpr, ...]
     label: ClassVar[str] = "WITH_COLUMNS"
+
+    @property
+    def expressions(self) -> tuple[PlExpr, ...]:
+        return self.exprs
 
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:
         return lf.with_columns([e.expr for e in self.exprs])
@@ -307,6 +330,10 @@ class Sort(Relational):
         if len(self.descending) != len(self.by):
             raise PlanError(f"sort: {len(self.by)} keys but {len(self.descending)} descending flags")
         super().__post_init__()
+
+    @property
+    def expressions(self) -> tuple[PlExpr, ...]:
+        return self.by
 
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:
         return lf.sort([e.expr for e in self.by], descending=list(self.descending),
