@@ -110,3 +110,78 @@ def test_row_ids_survive_steps_with_selectors(frame, layout_free_engine):
     assert run.row_ids.to_list() == [5, 1, 3, 2]  # ids are positions in the input, untouched
     assert run.with_row_ids().columns == ["row_id", "title", "year", "n", "c"]
     assert base.select(cs.numeric().sum()).run(layout_free_engine, cache=False).row_ids.to_list() == [None]
+
+
+# --------------------------------------------------------------------------- elementwise or not
+
+
+@pytest.mark.parametrize("step", [
+    pytest.param(lambda lf: lf.sort("n", descending=True).filter(pl.col("n").cum_sum() < 40), id="cum_sum in a comparison"),
+    pytest.param(lambda lf: lf.sort("n", descending=True).filter(pl.col("n") + pl.col("n").shift(1) > 45),
+                 id="shift inside a sum"),
+    pytest.param(lambda lf: lf.sort("n", descending=True).with_columns(r=pl.col("n").rank().cast(pl.Int64)).head(2),
+                 id="rank under a cast"),
+    pytest.param(lambda lf: lf.with_columns(m=pl.col("n").map_batches(lambda s: s - s.min(), return_dtype=pl.Int64)),
+                 id="map_batches sees every row"),
+    pytest.param(lambda lf: lf.with_columns(m=pl.col("n").map_elements(lambda x: x * 2, return_dtype=pl.Int64)),
+                 id="map_elements"),
+    pytest.param(lambda lf: lf.filter(pl.col("n") > pl.col("n").cum_sum().shift(1).fill_null(0) / 3),
+                 id="window-like predicate after a semantic filter"),
+])
+@pytest.mark.filterwarnings("ignore::polars.exceptions.PolarsInefficientMapWarning")
+def test_steps_that_need_every_row_see_every_row(frame, layout_free_engine, step):
+    semantic = frame.lazy().semantic.filter("Is {title} good?")
+    plan = step(semantic)
+    kept = frame.semantic.filter("Is {title} good?", engine=layout_free_engine, cache=False)
+    expected = step(kept.lazy()).collect()
+    assert_frame_equal(plan.collect(engine=layout_free_engine, cache=False, batch_size=2), expected)
+    assert_frame_equal(plan.collect(engine=layout_free_engine, cache=False, batch_size=2, optimize=False), expected)
+
+
+# --------------------------------------------------------------------------- random plans
+
+_STEPS = {
+    "classify": lambda lf, k: lf.semantic.classify("title", ["YES", "NO"], name=f"c{k}"),
+    "classify_year": lambda lf, k: lf.semantic.classify("{title} {year}", ["A", "B", "C"], name=f"c{k}"),
+    "sem_filter": lambda lf, k: lf.semantic.filter("Is {title} good?"),
+    "map": lambda lf, k: lf.semantic.map("Say {title}", name=f"m{k}"),
+    "extract": lambda lf, k: lf.semantic.extract("title", {"x": int}, name=f"e{k}"),
+    "filter_year": lambda lf, k: lf.filter(pl.col("year") > 2),
+    "filter_agg": lambda lf, k: lf.filter(pl.col("year") >= pl.col("year").median()),
+    "filter_window": lambda lf, k: lf.filter(pl.col("n") == pl.col("n").max().over("title")),
+    "filter_cum": lambda lf, k: lf.filter(pl.col("n").cum_sum() < 150),
+    "overwrite_year": lambda lf, k: lf.with_columns(year=pl.col("n") // 10),
+    "year_from_rank": lambda lf, k: lf.with_columns(year=pl.col("n").rank("ordinal").cast(pl.Int64)),
+    "title_upper": lambda lf, k: lf.with_columns(pl.col("title").str.to_uppercase()),
+    "sort_year": lambda lf, k: lf.sort("year", descending=True),
+    "sort_title": lambda lf, k: lf.sort("title", "n"),
+    "head": lambda lf, k: lf.head(3),
+    "head0": lambda lf, k: lf.head(0),
+    "rename": lambda lf, k: lf.rename({"year": "yr"}).with_columns(year=pl.col("yr")).drop("yr"),
+    "swap": lambda lf, k: lf.rename({"year": "n", "n": "year"}),
+    "select": lambda lf, k: lf.select(pl.all()),
+    "drop_n": lambda lf, k: lf.drop("n").with_columns(n=pl.col("year") * 7),
+}
+
+
+@pytest.mark.parametrize("seed", range(80))
+def test_random_plans_give_the_same_result_optimized_or_not(seed, layout_free_engine):
+    import random
+
+    rng = random.Random(seed)
+    df = pl.DataFrame({
+        "title": [rng.choice("abcdefg") for _ in range(12)],
+        "year": [rng.randint(0, 9) for _ in range(12)],
+        "n": [rng.randint(0, 90) for _ in range(12)],
+    })
+    plan = sf.SemLazyFrame.from_data(df)
+    names = []
+    for k in range(rng.randint(1, 6)):
+        name = rng.choice(list(_STEPS))
+        names.append(name)
+        plan = _STEPS[name](plan, k)
+    batch = rng.choice([1, 2, 5, 512])
+    opt = plan.run(layout_free_engine, cache=False, batch_size=batch)
+    raw = plan.run(layout_free_engine, cache=False, optimize=False, batch_size=batch)
+    assert_frame_equal(opt.df, raw.df, check_column_order=True), names
+    assert opt.row_ids.to_list() == raw.row_ids.to_list(), names

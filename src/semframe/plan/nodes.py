@@ -77,14 +77,20 @@ class PlExpr:
 
         Such an expression gives the same answer on any split of the rows into batches, so it
         can run per batch and commute with row-removing steps. Conservative: polars'
-        ``is_row_separable`` plus no aggregation, length or window anywhere in the tree.
+        ``is_row_separable`` holds for every sub-expression (polars only looks at the top node:
+        it calls ``cum_sum() < 5`` separable), there is no aggregation, length or window
+        anywhere in the tree, and anything polars cannot analyse (selectors, Python UDFs) is
+        not elementwise.
         """
         if self.selects_all:
             return False  # polars cannot analyse an expression before expanding it (it raises)
-        if not self.expr.meta.is_row_separable():
+        try:
+            tree = json.loads(self.expr.meta.serialize(format="json"))
+        except (pl.exceptions.PolarsError, ValueError, TypeError):
             return False
-        tree = json.loads(self.expr.meta.serialize(format="json"))
-        return not _contains_key(tree, {"Agg", "Len", "Over", "Window", "Rolling"})
+        if _contains_key(tree, {"Agg", "Len", "Over", "Window", "Rolling"}):
+            return False
+        return all(_row_separable(sub) for sub in _subexpressions(tree))
 
     @classmethod
     def of(cls, value: Any, where: str) -> PlExpr:
@@ -100,6 +106,27 @@ class PlExpr:
 
 def _plexpr_from_bytes(blob: bytes) -> PlExpr:
     return PlExpr(pl.Expr.deserialize(io.BytesIO(blob)))
+
+
+def _subexpressions(tree: Any):
+    """Every node of a serialized expression tree that is itself an expression (as pl.Expr)."""
+    if isinstance(tree, dict):
+        try:
+            yield pl.Expr.deserialize(io.StringIO(json.dumps(tree)), format="json")
+        except (Exception, pl.exceptions.PanicException):  # not an expression (options, values)
+            pass
+        for value in tree.values():
+            yield from _subexpressions(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _subexpressions(value)
+
+
+def _row_separable(expr: pl.Expr) -> bool:
+    try:
+        return expr.meta.is_row_separable()
+    except (Exception, pl.exceptions.PanicException):  # polars cannot analyse it: not elementwise
+        return False
 
 
 def _contains_key(tree: Any, keys: set[str]) -> bool:
