@@ -127,6 +127,8 @@ def test_row_ids_survive_steps_with_selectors(frame, layout_free_engine):
                  id="map_elements"),
     pytest.param(lambda lf: lf.filter(pl.col("n") > pl.col("n").cum_sum().shift(1).fill_null(0) / 3),
                  id="window-like predicate after a semantic filter"),
+    pytest.param(lambda lf: lf.select(pl.lit(1).alias("one")), id="select of a literal is one row"),
+    pytest.param(lambda lf: lf.select(one=1, two=pl.lit("x")), id="select of literals is one row"),
 ])
 @pytest.mark.filterwarnings("ignore::polars.exceptions.PolarsInefficientMapWarning")
 def test_steps_that_need_every_row_see_every_row(frame, layout_free_engine, step):

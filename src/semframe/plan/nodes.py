@@ -291,7 +291,8 @@ class Select(Relational):
 
     @property
     def is_elementwise(self) -> bool:
-        return all(e.is_elementwise for e in self.exprs)
+        # A select of literals alone is one row however many rows come in, not one per batch.
+        return all(e.is_elementwise for e in self.exprs) and any(e.root_names for e in self.exprs)
 
     @property
     def is_projection(self) -> bool:
