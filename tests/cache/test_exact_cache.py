@@ -141,3 +141,19 @@ def test_a_held_lock_times_out_with_a_clear_error(tmp_path):
         other = AnswerStore(tmp_path, lock_timeout=0.2)
         with pytest.raises(CacheError, match="locked by another process"):
             other.counts()
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_sampled_steps_keep_one_sample_per_row_and_rerun_from_the_cache(batch_size):
+    """temperature > 0: each row is its own sample (no dedup), also across batches, and a rerun
+    gives every row its own sample back from the cache."""
+    calls = iter(range(1000))
+    engine = sf.DeterministicEngine(responder=lambda r: f"sample {next(calls)}")
+    plan = pl.DataFrame({"t": ["same"] * 4}).lazy().semantic.map("{t}", name="m", temperature=0.8)
+    first = plan.run(engine, batch_size=batch_size)
+    assert engine.requests_seen == 4
+    assert first.df["m"].n_unique() == 4
+    again = plan.run(engine, batch_size=5 - batch_size)
+    assert engine.requests_seen == 4
+    assert again.df["m"].to_list() == first.df["m"].to_list()
+    assert set(again.lineage["source"]) == {"exact_cache"}

@@ -102,6 +102,7 @@ class SemanticRunner:
     before_engine_batch: Callable[[list[Request]], None] | None = None
     on_engine_batch: Callable[[list[Completion]], None] | None = None
     _memo: dict[str, tuple[Completion, int]] = field(default_factory=dict)
+    _samples: dict[str, int] = field(default_factory=dict)
     _shared: str = ""
 
     def __post_init__(self) -> None:
@@ -139,7 +140,9 @@ class SemanticRunner:
     def _resolve(self, requests: list[Request | None], texts: list[str | None], row_ids: list[int],
                  outcomes: list[Outcome | None]) -> None:
         dedupe = self.step.dedupe
-        # Rows still to answer, grouped by request key (one group per row when not deduping).
+        # Rows still to answer, grouped by cache key. Deduping, that is the request key; else each
+        # row is its own sample: the n-th row of the step asking a request is sample n of it
+        # (its own cache entry, so a rerun gives every row its own sample back).
         pending: dict[str, list[int]] = {}
         keyed: dict[str, Request] = {}
         for i, req in enumerate(requests):
@@ -151,19 +154,22 @@ class SemanticRunner:
                 comp, first_row = self._memo[key]
                 outcomes[i] = _outcome(comp, "dedup", key, source_row_id=first_row, free=True)
                 continue
-            group_key = key if dedupe else f"{key}#{i}"
+            group_key = key
+            if not dedupe:
+                n = self._samples.get(key, 0)
+                self._samples[key] = n + 1
+                group_key = key if n == 0 else f"{key}#{n}"
             pending.setdefault(group_key, []).append(i)
             keyed[group_key] = req
         if pending and self.exact_cache is not None:
-            real_keys = {gk: keyed[gk].key for gk in pending}
-            hits = self.exact_cache.get_many(self._fingerprint, set(real_keys.values()))
-            for gk in [gk for gk in pending if real_keys[gk] in hits]:
-                self._fan_out(hits[real_keys[gk]], "exact_cache", real_keys[gk], pending.pop(gk), row_ids, outcomes)
+            hits = self.exact_cache.get_many(self._fingerprint, set(pending))
+            for gk in [gk for gk in pending if gk in hits]:
+                self._fan_out(hits[gk], "exact_cache", keyed[gk].key, pending.pop(gk), row_ids, outcomes)
         if not pending:
             return
         order = list(pending)
         if self.step.semantic_cache is None:
-            completions = self._ask_engine([keyed[gk] for gk in order])
+            completions = self._ask_engine([keyed[gk] for gk in order], order)
             for gk, comp in zip(order, completions):
                 self._fan_out(comp, "engine", keyed[gk].key, pending[gk], row_ids, outcomes)
             return
@@ -186,7 +192,7 @@ class SemanticRunner:
             self._fan_out(hit.completion, "semantic_cache", keyed[gk].key, pending[gk], row_ids, outcomes,
                           similarity=hit.similarity, source_row_id=hit.source_row_id)
         reps = plan.representatives
-        completions = self._ask_engine([keyed[order[p]] for p in reps])
+        completions = self._ask_engine([keyed[order[p]] for p in reps], [order[p] for p in reps])
         answer = dict(zip(reps, completions))
         for p, comp in answer.items():
             self._fan_out(comp, "engine", keyed[order[p]].key, pending[order[p]], row_ids, outcomes)
@@ -194,7 +200,8 @@ class SemanticRunner:
                   [text_digest(group_texts[p]) for p in reps])
         # A member reuses its representative's answer; if that failed, it asks for itself.
         retry = [m for m, (rep, _) in plan.members.items() if not answer[rep].ok]
-        retried = dict(zip(retry, self._ask_engine([keyed[order[m]] for m in retry]))) if retry else {}
+        retried = (dict(zip(retry, self._ask_engine([keyed[order[m]] for m in retry], [order[m] for m in retry])))
+                   if retry else {})
         for m, (rep, sim) in plan.members.items():
             gk = order[m]
             if m in retried:
@@ -226,8 +233,8 @@ class SemanticRunner:
             self._semantic = SemanticCache(key, step.semantic_cache, embedder, store)  # type: ignore[arg-type]
         return self._semantic
 
-    def _ask_engine(self, batch: list[Request]) -> list[Completion]:
-        """One engine call; answers go to the exact cache as soon as it returns."""
+    def _ask_engine(self, batch: list[Request], cache_keys: list[str]) -> list[Completion]:
+        """One engine call; answers go to the exact cache (under ``cache_keys``) as soon as it returns."""
         if not batch:
             return []
         if self.before_engine_batch is not None:
@@ -235,7 +242,8 @@ class SemanticRunner:
         completions = self.engine.generate(batch)
         self.metrics.engine_batches += 1
         if self.exact_cache is not None:
-            self.exact_cache.put_many(self._fingerprint, [(r.key, r, c) for r, c in zip(batch, completions) if c.ok])
+            self.exact_cache.put_many(self._fingerprint,
+                                      [(k, r, c) for k, r, c in zip(cache_keys, batch, completions) if c.ok])
         if self.on_engine_batch is not None:
             self.on_engine_batch(completions)
         return completions
