@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
     facts = machine_facts()
     spec = make_spec("titles", dataclasses.replace(DEFAULT, titles=args.rows))
-    minimum = {"shared_first": irreducible_prompt_tokens(spec)["minimum_prompt_tokens"],
-               "inline": irreducible_prompt_tokens(inline_requests(spec))["minimum_prompt_tokens"]}
+    limits = {"shared_first": irreducible_prompt_tokens(spec), "inline": irreducible_prompt_tokens(inline_requests(spec))}
+    minimum = {k: v["minimum_prompt_tokens"] for k, v in limits.items()}
     tmp = workdir("prefix-layout")
     workers: dict[bool, Worker] = {}
     runs: dict[tuple[bool, str], list[dict]] = {}
@@ -98,9 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.rows} distinct YES/NO title rows (workload 1) on SmolLM2-135M-Instruct, `max_tokens={spec['max_tokens']}`, "
         f"block size 32; median of {args.repeats} runs per cell, each from an empty prefix cache.", "",
         environment_block(facts), "", table, "",
-        f"- The shared prefix (chat header, instruction, answer format) is "
-        f"{irreducible_prompt_tokens(spec)['shared_prefix_tokens']} tokens in the `shared_first` layout; in `inline` "
-        "only the chat template's default system header is shared. *minimum* is computed per layout.",
+        f"- The prefix every request shares is {limits['shared_first']['shared_prefix_tokens']} tokens in the "
+        "`shared_first` layout (chat header, instruction, answer format) and "
+        f"{limits['inline']['shared_prefix_tokens']} in `inline` (only the chat template's default system header). "
+        "vLLM reuses whole blocks of 32 tokens: one block per request in `shared_first`, none in `inline`. "
+        "*minimum* (each distinct request's own tokens plus one copy of the shared prefix) is computed per layout.",
         "- `inline` is what `optimize(plan, rules=RULES minus shape_prompts)` sends; `shared_first` is the default.",
     ])
     print("\n" + text)
