@@ -70,3 +70,16 @@ def test_bad_budgets_are_rejected():
         Budget(max_tokens=-5)
     with pytest.raises(ValueError, match="max_cost"):
         Budget(max_cost="ten")
+
+
+def test_token_budget_holds_when_answers_are_long_words():
+    """An engine never answers past max_tokens, so the budget's prediction is an upper bound."""
+    words = "Supercalifragilisticexpialidocious antidisestablishmentarianism " * 3
+    df = pl.DataFrame({"t": [f"{words}{i}" for i in range(20)]})
+    plan = df.lazy().semantic.map("{t}", name="m", max_tokens=3)
+    with pytest.raises(sf.BudgetExceeded) as err:
+        plan.collect(engine=sf.DeterministicEngine(), cache=False, max_tokens=400, batch_size=2)
+    assert err.value.spent_tokens <= 400
+    lineage = err.value.result.lineage
+    assert lineage["output_tokens"].max() <= 3
+    assert set(lineage["finish_reason"]) == {"length"}

@@ -1,6 +1,7 @@
 """A deterministic in-memory engine for tests, docs and dry runs.
 
-It answers instantly and reproducibly (the answer depends only on the request), respects every
+It answers instantly and reproducibly (the answer depends only on the request), stops at each
+request's ``max_tokens`` as a real engine does, respects every
 output spec the way a constrained engine would, and records each batch it was asked, so tests
 can assert exactly which requests reached the engine.
 """
@@ -95,13 +96,22 @@ class DeterministicEngine(Engine):
         self.batches.append(list(requests))
         out = []
         for req in requests:
-            text = self.answer(req)
+            text, finish = self._within_max_tokens(self.answer(req), req.max_tokens)
             out.append(
                 RawCompletion(
                     text=text,
-                    finish_reason="stop",
+                    finish_reason=finish,
                     prompt_tokens=sum(self.count_tokens(m.content) for m in req.messages),
                     output_tokens=self.count_tokens(text),
                 )
             )
         return out
+
+    def _within_max_tokens(self, text: str, max_tokens: int) -> tuple[str, str]:
+        """Cut an answer at ``max_tokens`` as a real engine stops there (finish reason "length")."""
+        if self.count_tokens(text) <= max_tokens:
+            return text, "stop"
+        text = text[: 4 * max_tokens]  # the base count is ~4 characters a token
+        while text and self.count_tokens(text) > max_tokens:
+            text = text[:-1]
+        return text, "length"
