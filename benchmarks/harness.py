@@ -143,6 +143,28 @@ def _norm(answer: Any, classify: bool) -> str:
     return text.upper().strip(".!") if classify else text
 
 
+def agreement(reference: list | None, answers: list | None, classify: bool) -> float | None:
+    """The share of rows whose answer equals the reference's (labels case-insensitively)."""
+    if not reference or not answers or len(reference) != len(answers):
+        return None
+    return sum(_norm(a, classify) == _norm(b, classify) for a, b in zip(reference, answers)) / len(reference)
+
+
+def strip_answers(result: WorkloadResult) -> dict[str, Any]:
+    """The result as plain data, each run's answers replaced by its agreement with raw vLLM."""
+    from dataclasses import asdict
+
+    data = asdict(result)
+    classify = result.spec_info["kind"] == "classify"
+    raw = result.runs.get("raw_vllm", [{}])[0].get("answers")
+    for runs in data["runs"].values():
+        for run in runs:
+            answers = run.pop("answers", None)
+            if run.get("agreement_with_raw") is None:
+                run["agreement_with_raw"] = agreement(raw, answers, classify)
+    return data
+
+
 def summarize(result: WorkloadResult) -> list[dict[str, Any]]:
     """One row per contender: medians over repetitions, ratios within a repetition."""
     classify = result.spec_info["kind"] == "classify"
@@ -167,10 +189,9 @@ def summarize(result: WorkloadResult) -> list[dict[str, Any]]:
                    for r in runs if r.get("latencies_s")]
         vs_raw = [r["wall_s"] / raw_by_repeat[r["repeat"]]["wall_s"] for r in runs if r["repeat"] in raw_by_repeat]
         vs_sf = [r["wall_s"] / sf_by_repeat[r["repeat"]]["wall_s"] for r in runs if r["repeat"] in sf_by_repeat]
-        agree = None
-        if raw_answers and last.get("answers") and len(raw_answers) == len(last["answers"]):
-            same = sum(_norm(a, classify) == _norm(b, classify) for a, b in zip(raw_answers, last["answers"]))
-            agree = same / len(raw_answers)
+        agree = agreement(raw_answers, last.get("answers"), classify)
+        if agree is None:
+            agree = last.get("agreement_with_raw")  # saved results keep the share, not the answers
         rows.append({
             "contender": c,
             "version": last.get("version"),

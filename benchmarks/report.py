@@ -14,12 +14,13 @@ from benchmarks._common import RESULTS, ROOT, fmt, markdown_table
 
 DOC = ROOT / "docs" / "benchmarks.md"
 #: The pieces, in the order they appear in docs/benchmarks.md.
-PIECES = ("workloads.md", "prefix_layout.md", "scale.md")
+PIECES = ("workloads.md", "workloads-full.md", "prefix_layout.md", "scale.md")
 
 INTRO = """\
 # Benchmarks
 
-Every speed or savings number in this repository's docs comes from this page, and every number
+Every speed or savings number in this repository's docs about semframe against other ways of
+doing the same work comes from this page, and every number
 on this page was produced by the commands below on the machine described with it. The pages
 under `docs/results/` are written by the benchmarks themselves; this page is rebuilt from them.
 

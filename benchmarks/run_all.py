@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # `python benchmarks/run_all.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import RESULTS, THREADS, log, machine_facts  # noqa: E402
-from benchmarks.harness import CONTENDERS, WorkloadResult, run_workload, summarize  # noqa: E402
+from benchmarks.harness import CONTENDERS, WorkloadResult, run_workload, strip_answers, summarize  # noqa: E402
 from benchmarks.report import contender_table, environment_block, write_piece  # noqa: E402
 from benchmarks.workloads import DEFAULT, FULL  # noqa: E402
 
@@ -96,22 +96,19 @@ def render_section(name: str, result: WorkloadResult, repeats: int) -> str:
 
 
 def write_report(facts: dict, results: dict[str, WorkloadResult], repeats: int, command: str,
-                 minutes: float, write: bool) -> str:
+                 minutes: float, write: bool, full: bool = False) -> str:
     sections = [render_section(name, res, repeats) for name, res in results.items()]
-    header = ["## Results: the seed workloads", "", f"`{command}`, {minutes:.0f} minutes in all.", "",
-              environment_block(facts), ""]
+    header = [f"## Results: the seed workloads ({'full' if full else 'default'} sizes)", "",
+              f"`{command}`, {minutes:.0f} minutes in all.", "", environment_block(facts), ""]
     text = "\n".join(header) + "\n" + "\n".join(sections)
     if write:
-        path = write_piece("workloads.md", text)
-        saved = {k: dataclasses.asdict(v) for k, v in results.items()}
-        for res in saved.values():  # the answers themselves would make the file large
-            for runs in res["runs"].values():
-                for run in runs:
-                    run.pop("answers", None)
-        (RESULTS / "workloads.json").write_text(json.dumps({
+        stem = "workloads-full" if full else "workloads"
+        path = write_piece(f"{stem}.md", text)
+        saved = {k: strip_answers(v) for k, v in results.items()}  # answers would make it large
+        (RESULTS / f"{stem}.json").write_text(json.dumps({
             "facts": facts, "threads": THREADS, "repeats": repeats, "command": command, "minutes": minutes,
-            "workloads": saved}, indent=1, default=str))
-        log(f"wrote {path}, docs/results/workloads.json and docs/benchmarks.md")
+            "full": full, "workloads": saved}, indent=1, default=str))
+        log(f"wrote {path}, docs/results/{stem}.json and docs/benchmarks.md")
     return text
 
 
@@ -131,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(args.rerender.read_text())
         results = {k: WorkloadResult(**v) for k, v in saved["workloads"].items()}
         print(write_report(saved["facts"], results, saved["repeats"], saved["command"], saved["minutes"],
-                           write=not args.no_write))
+                           write=not args.no_write, full=saved.get("full", False)))
         return 0
 
     sizes = FULL if args.full else DEFAULT
@@ -150,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + render_section(name, results[name], args.repeats), flush=True)
     command = "python -m benchmarks.run_all" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     write_report(facts, results, args.repeats, command, (time.perf_counter() - started) / 60,
-                 write=not args.no_write and not args.rows)
+                 write=not args.no_write and not args.rows, full=args.full)
     return 0
 
 

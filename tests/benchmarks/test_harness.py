@@ -85,7 +85,7 @@ def test_summary_takes_ratios_within_a_repetition():
 
 
 def test_markdown_table_formats_numbers():
-    assert markdown_table(["a", "b"], [[1234, 0.5], [None, "x"]]).splitlines()[2:] == ["| 1,234 | 0.5 |", "| – | x |"]
+    assert markdown_table(["a", "b"], [[1234, 0.5], [None, "x"]]).splitlines()[2:] == ["| 1,234 | 0.50 |", "| – | x |"]
 
 
 needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
