@@ -163,6 +163,11 @@ _STEPS = {
     "swap": lambda lf, k: lf.rename({"year": "n", "n": "year"}),
     "select": lambda lf, k: lf.select(pl.all()),
     "drop_n": lambda lf, k: lf.drop("n").with_columns(n=pl.col("year") * 7),
+    "selector_math": lambda lf, k: lf.with_columns(cs.by_name("year", "n") + 1),
+    "selector_filter": lambda lf, k: lf.filter(pl.all_horizontal(cs.by_name("year", "n") > 1)),
+    "title_from_n": lambda lf, k: lf.with_columns(title=pl.col("n").cast(pl.String).str.slice(0, 1)),
+    "renamed_filter": lambda lf, k: lf.rename({"n": "nn"}).filter(pl.col("nn") > 20).rename({"nn": "n"}),
+    "sort_then_head_filter": lambda lf, k: lf.sort("n").head(8).filter(pl.col("year") < 7),
 }
 
 
