@@ -192,3 +192,15 @@ def test_random_plans_give_the_same_result_optimized_or_not(seed, layout_free_en
     raw = plan.run(layout_free_engine, cache=False, optimize=False, batch_size=batch)
     assert_frame_equal(opt.df, raw.df, check_column_order=True), names
     assert opt.row_ids.to_list() == raw.row_ids.to_list(), names
+
+
+# --------------------------------------------------------------------------- caches
+
+
+def test_explain_says_the_cache_is_off_when_the_process_turned_it_off(frame, layout_free_engine):
+    sf.configure(cache=False)
+    plan = frame.lazy().semantic.classify("title", ["YES", "NO"], name="c", cache=True)
+    assert "exact cache off" in plan.explain(estimate=False)
+    assert plan.run(layout_free_engine).lineage["source"].to_list().count("exact_cache") == 0
+    plan.run(layout_free_engine)
+    assert "exact_cache" not in sf.last_run().lineage["source"].to_list()

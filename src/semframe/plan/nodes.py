@@ -501,9 +501,9 @@ class SemanticStep(Node):
             flags.append("dedupe")
         if self.layout == "shared_first":
             flags.append("shared prefix first")
-        from semframe.config import settings  # the process default decides when cache is None
+        from semframe.config import settings  # sf.configure(cache=False) turns it off for every run
 
-        if self.cache is False or (self.cache is None and not settings.cache):
+        if self.cache is False or not settings.cache:
             flags.append("exact cache off")
         else:
             flags.append("exact cache")
