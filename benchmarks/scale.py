@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         cleanup(tmp)
 
     first_n, first = results[0]
+    last_n, last = results[-1]
+    growth_time = (last["wall_s"] / last_n) / (first["wall_s"] / first_n) - 1
+    growth_mem = last["peak_rss_mib"] / first["peak_rss_mib"] - 1
     rows = [[n, r["wall_s"], n / r["wall_s"], f"{(r['wall_s'] / n) / (first['wall_s'] / first_n):.2f}",
              r["engine_requests"], r["prompt_tokens"], r["output_tokens"], r["peak_rss_mib"]] for n, r in results]
     table = markdown_table(["rows", "wall s", "rows/s", "s per row vs smallest", "engine requests", "prompt tokens",
@@ -73,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         environment_block(facts), "", table, "",
         "- Cost per row stays constant when *s per row vs smallest* stays near 1.00 (linear growth); peak memory "
         "is the process's high-water mark after each size, so a flat column means memory did not grow with rows.",
+        f"- Measured: time per row changed by {growth_time:+.0%} and peak memory by "
+        f"{results[-1][1]['peak_rss_mib'] - first['peak_rss_mib']:+,.0f} MiB ({growth_mem:+.0%}) from {first_n:,} "
+        f"to {results[-1][0]:,} rows ({results[-1][0] / first_n:.0f}x the rows).",
     ])
     print("\n" + text)
     if not args.no_write:
