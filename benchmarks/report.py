@@ -73,6 +73,13 @@ bash scripts/setup.sh && bash benchmarks/setup_peers.sh    # once: .venv, and th
   naive loop); batch engines answer a batch at once.
 - **Agreement** is the share of rows whose answer equals raw vLLM's (greedy outputs can differ
   with batch composition and prefix-cache state, DESIGN.md).
+- **Noise.** The machine is shared with other work (the load average at the start of each run
+  is recorded); every engine process runs with one OpenMP thread, which made timings
+  repeatable here. Compare ratios within one run, not wall times across runs. `vllm serve` runs
+  its HTTP front end and its engine in two processes, so on 2 cores it gets some overlap that
+  the single-process contenders do not.
+- **Not run**, and why, is listed under each table: a peer that is not installed or fails is
+  reported there with its error, and the rest of the run goes on.
 """
 
 

@@ -38,7 +38,9 @@ WORKLOADS = {
 }
 
 NOTES = {
-    "titles": "",
+    "titles": ("SmolLM2-135M answers near chance on this question (DESIGN.md), so agreement measures "
+               "sameness of output, not quality. fenic's answers differ because its prompt differs (its own "
+               "system prompt and layout, no label constraint)."),
     "summaries": ("Free-text answers run to `max_tokens` on this small model, so output tokens dominate; "
                   "agreement is exact-text equality, which batch composition easily changes."),
     "long_context": ("The model is a 4-layer, 256-wide Llama with random weights (vLLM `load_format=\"dummy\"`), "
@@ -53,7 +55,8 @@ NOTES = {
                    "from the in-run semantic cache (all-MiniLM-L6-v2 embeddings, similarity ≥ 0.95; embedding "
                    "time is inside its wall time); `semframe_rerun_exact_cache` is the same plan run again with the "
                    "persistent exact cache on (filled by one untimed run first): a rerun asks the engine nothing. "
-                   "The naive loop and the peers send every row."),
+                   "The naive loop and LOTUS send every row; fenic deduplicates exact repeats too (see its "
+                   "engine requests, counted by the server)."),
 }
 
 
