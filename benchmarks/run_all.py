@@ -47,8 +47,10 @@ NOTES = {
                      "SmolLM2's tokenizer and a 32k context, because SmolLM2-135M allows 8k: a throughput "
                      "measurement, the answers are noise. semframe puts the context in the shared system "
                      "message (`map(\"{question}\", instruction=context)`), so the prefix cache computes it once; "
-                     "the naive loop sends the same messages. The peers are not run here: both would put the "
-                     "row's text before the instruction (no shared prefix), one 24k-token prefill per question."),
+                     "the naive loop sends the same messages. The peers are not run on this workload: LOTUS's "
+                     "`sem_map` puts each row's data (`Context: ...`) before the instruction, so a context given as "
+                     "the instruction would not be a shared prefix; fenic renders one template per row and would "
+                     "share the context only if the user writes it first. Not measured here."),
     "repetitive": ("30% of rows repeat another row exactly, 20% are light paraphrases (casing, punctuation, a "
                    "`Headline:` prefix). raw vLLM gets the distinct prompts only (its ceiling); semframe "
                    "deduplicates exact repeats itself; `semframe+semantic_cache` also answers near-duplicates "
