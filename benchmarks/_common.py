@@ -152,7 +152,8 @@ class Worker:
         self.proc = subprocess.Popen(
             [self.python, str(self.script), str(self.spec_path), str(w)],
             pass_fds=(w,), stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT, text=True,
-            env=bench_env(), cwd=ROOT, start_new_session=True,
+            # In the scratch folder: fenic writes its session database into the working directory.
+            env=bench_env(), cwd=self.spec_path.parent, start_new_session=True,
         )
         os.close(w)
         self._results = os.fdopen(r)
