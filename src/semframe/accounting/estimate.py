@@ -34,7 +34,7 @@ from semframe.accounting.throughput import Throughput, throughput_for
 from semframe.accounting.tokens import output_tokens, request_prompt_tokens, token_counter
 from semframe.execution.executor import relational_frame
 from semframe.execution.prompts import build_request, shared_text
-from semframe.execution.semantic import text_expr
+from semframe.execution.semantic import render_exprs
 from semframe.plan.nodes import ROW_ID, Filter, Head, Node, Relational, SemanticStep, SemFilter, walk
 
 #: Distinct prompts tokenized per step.
@@ -321,18 +321,10 @@ def _estimate_step(step: SemanticStep, index: int, state: _State, engine: Any, c
 def _placeholder(step: SemanticStep, state: _State) -> str:
     """The template with known columns' first values and model-written columns empty."""
     first = state.frame.row(0, named=True) if state.frame is not None and state.frame.height else {}
-    values = {c: ("" if first.get(c) is None else str(first[c])) for c in step.template.columns}
-    parts = step.template.parts
-    return "".join(p if k % 2 == 0 else values[p] for k, p in enumerate(parts))
+    return step.template.render({c: "" if first.get(c) is None else str(first[c]) for c in step.template.columns})
 
 
 def _rendered(step: SemanticStep, frame: pl.DataFrame) -> pl.Series:
-    """Every row's rendered text (null where the run would skip the row), vectorized."""
-    cols = step.template.columns
-    schema = frame.schema
-    pieces = [pl.lit(p, dtype=pl.String) if k % 2 == 0 else text_expr(p, schema[p])
-              for k, p in enumerate(step.template.parts) if k % 2 or p]
-    texts = [text_expr(c, schema[c]) for c in cols]
-    skip = pl.any_horizontal([t.is_null() for t in texts]) | pl.all_horizontal(
-        [t.str.strip_chars().str.len_chars() == 0 for t in texts])
-    return frame.select(pl.when(skip).then(None).otherwise(pl.concat_str(pieces)).alias("text"))["text"]
+    """Every row's rendered text (null where the run would skip the row), as the run renders it."""
+    text, has_null, all_empty = render_exprs(step, frame.schema)
+    return frame.select(pl.when(has_null | all_empty).then(None).otherwise(text).alias("text"))["text"]

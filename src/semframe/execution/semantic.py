@@ -39,34 +39,34 @@ def text_expr(column: str, dtype: pl.DataType) -> pl.Expr:
     return col.cast(pl.String)
 
 
+def render_exprs(step: SemanticStep, schema: pl.Schema) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
+    """``(text, has_null, all_empty)``: polars expressions for the step's rendered template.
+
+    ``text`` concatenates the template's literal pieces with each referenced column as text
+    (values are inserted literally); a row is skipped when any referenced value is null
+    (``has_null``) or all of them are empty or whitespace (``all_empty``). The run
+    (:func:`render_texts`) and the estimate both render through here.
+    """
+    values = {c: text_expr(c, schema[c]) for c in step.template.columns}
+    pieces = [pl.lit(part, dtype=pl.String) if k % 2 == 0 else values[part]
+              for k, part in enumerate(step.template.parts) if k % 2 or part]
+    text = pl.concat_str(pieces, ignore_nulls=False)
+    has_null = pl.any_horizontal([v.is_null() for v in values.values()])
+    all_empty = pl.all_horizontal([v.str.strip_chars().str.len_chars() == 0 for v in values.values()])
+    return text, has_null, all_empty
+
+
 def render_texts(step: SemanticStep, batch: pl.DataFrame) -> tuple[list[str | None], list[str | None]]:
     """Render the step's template for every row.
 
     Returns ``(texts, skip_reasons)``: a row whose referenced value is null, or whose
     referenced values are all empty or whitespace, gets text None and a reason.
     """
-    template = step.template
-    cols = template.columns
-    schema = batch.schema
-    exprs = [text_expr(c, schema[c]).alias(f"__sf_t{i}") for i, c in enumerate(cols)]
-    texts = batch.select(exprs)
-    pieces: list[pl.Expr] = []
-    index = {c: i for i, c in enumerate(cols)}
-    for k, part in enumerate(template.parts):
-        if k % 2 == 0:
-            if part:
-                pieces.append(pl.lit(part, dtype=pl.String))
-        else:
-            pieces.append(pl.col(f"__sf_t{index[part]}"))
-    tcols = [pl.col(f"__sf_t{i}") for i in range(len(cols))]
-    frame = texts.select(
-        pl.concat_str(pieces, ignore_nulls=False).alias("text"),
-        pl.any_horizontal([c.is_null() for c in tcols]).alias("has_null"),
-        pl.all_horizontal([c.str.strip_chars().str.len_chars() == 0 for c in tcols]).alias("all_empty"),
-    )
+    text, has_null, all_empty = render_exprs(step, batch.schema)
+    frame = batch.select(text.alias("text"), has_null.alias("has_null"), all_empty.alias("all_empty"))
     rendered = frame["text"].to_list()
     reasons: list[str | None] = [None] * len(rendered)
-    null_cols = [c for i, c in enumerate(cols) if texts[f"__sf_t{i}"].null_count()]
+    null_cols = [c for c in step.template.columns if batch[c].null_count()]
     for i, (has_null, all_empty) in enumerate(zip(frame["has_null"], frame["all_empty"])):
         if has_null:
             which = [c for c in null_cols if batch[c][i] is None]
