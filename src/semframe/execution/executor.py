@@ -151,7 +151,7 @@ class Executor:
     # ------------------------------------------------------------------ dispatch
 
     def _stream(self, node: Node) -> Iterator[pl.DataFrame]:
-        lazy = self._lazy(node)
+        lazy = relational_frame(node)
         if lazy is not None:
             return self._stream_lazy(lazy, node)
         if isinstance(node, SemanticStep):
@@ -162,9 +162,6 @@ class Executor:
                 return self._visit_relational(node)
             raise PlanError(f"the executor cannot run {type(node).__name__} nodes")
         return visit(node)
-
-    def _lazy(self, node: Node) -> pl.LazyFrame | None:
-        return relational_frame(node)
 
     def _stream_lazy(self, lf: pl.LazyFrame, node: Node) -> Iterator[pl.DataFrame]:
         source = next(n for n in walk(node) if isinstance(n, Scan)).source
