@@ -120,7 +120,7 @@ def existing_engine(engine: Any = None):
     """The engine a run would use, but only if it already exists: never starts one.
 
     The argument, else the configured engine, else the default vLLM engine if this process has
-    already started it (the vLLM module may expose it as ``running_default_engine()``), else None.
+    already started it, else None.
     """
     if engine is not None:
         return engine
@@ -128,14 +128,5 @@ def existing_engine(engine: Any = None):
         return settings.engine
     import sys
 
-    vllm_mod = sys.modules.get("semframe.engines.vllm")
-    if vllm_mod is None:
-        return None
-    running = getattr(vllm_mod, "running_default_engine", None)
-    if callable(running):
-        return running()
-    default = getattr(vllm_mod, "default_engine", None)
-    info = getattr(default, "cache_info", None)  # an lru_cache'd factory: started iff it has an entry
-    if callable(info) and info().currsize:
-        return default()
-    return None
+    vllm_mod = sys.modules.get("semframe.engines.vllm")  # not imported: no default engine exists
+    return None if vllm_mod is None else vllm_mod.running_default_engine()
