@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
+
+if TYPE_CHECKING:
+    from semframe.engines.base import Request
 
 #: How a cell was answered.
 SOURCES = ("engine", "dedup", "exact_cache", "semantic_cache", "skipped")
@@ -123,9 +126,10 @@ class LineageRecorder:
         if self.enabled:
             self._steps.append((step, operator, column, model, row_ids, list(map(_fields_of, outcomes))))
 
-    def remember_prompt(self, key: str, text: str) -> None:
-        if self.enabled and key not in self.prompts:
-            self.prompts[key] = text
+    def remember_prompt(self, request: Request) -> None:
+        """Keep the request's prompt text once per key (built only then: it is the whole prompt)."""
+        if self.enabled and request.key not in self.prompts:
+            self.prompts[request.key] = request.prompt_text
 
     def to_frame(self) -> pl.DataFrame:
         if not self._steps:

@@ -149,7 +149,7 @@ class SemanticRunner:
             if req is None:
                 continue
             key = req.key
-            self.recorder.remember_prompt(key, req.prompt_text)
+            self.recorder.remember_prompt(req)
             if dedupe and key in self._memo:
                 comp, first_row = self._memo[key]
                 outcomes[i] = _outcome(comp, "dedup", key, source_row_id=first_row, free=True)
