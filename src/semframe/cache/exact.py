@@ -23,11 +23,10 @@ Examples
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 
-from semframe.cache.store import AnswerStore
+from semframe.cache.store import AnswerStore, answer_columns, stored_answer
 from semframe.engines.base import Completion, Request
 
 
@@ -67,8 +66,7 @@ class ExactCache:
                 [fingerprint, keys],
             ).fetchall()
         return {
-            key: Completion(text=raw, value=json.loads(value), finish_reason=finish,
-                            prompt_tokens=prompt or 0, output_tokens=output or 0)
+            key: stored_answer(value, raw, finish, prompt_tokens=prompt or 0, output_tokens=output or 0)
             for key, value, raw, finish, prompt, output in rows
         }
 
@@ -84,9 +82,7 @@ class ExactCache:
             "fingerprint": pa.array([fingerprint] * n, pa.string()),
             "request_key": pa.array([k for k, _ in done], pa.string()),
             "model": pa.array([self.model] * n, pa.string()),
-            "value_json": pa.array([json.dumps(c.value, ensure_ascii=False) for _, c in done], pa.string()),
-            "raw_output": pa.array([c.text for _, c in done], pa.string()),
-            "finish_reason": pa.array([c.finish_reason for _, c in done], pa.string()),
+            **answer_columns([c for _, c in done]),
             "prompt_tokens": pa.array([c.prompt_tokens for _, c in done], pa.int64()),
             "output_tokens": pa.array([c.output_tokens for _, c in done], pa.int64()),
             "created_at": pa.array([time.time()] * n, pa.float64()),

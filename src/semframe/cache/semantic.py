@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from semframe.cache.index import VectorIndex
+from semframe.cache.store import answer_columns, stored_answer
 from semframe.engines.base import Completion
 
 if TYPE_CHECKING:
@@ -253,7 +254,7 @@ def _load_entries(store: AnswerStore, step_key: str) -> tuple[np.ndarray, list[C
     values = table.column("value_json").to_pylist()
     raws = table.column("raw_output").to_pylist()
     finishes = table.column("finish_reason").to_pylist()
-    completions = [Completion(text=r, value=json.loads(v), finish_reason=f) for v, r, f in zip(values, raws, finishes)]
+    completions = [stored_answer(v, r, f) for v, r, f in zip(values, raws, finishes)]
     return vectors_from(table.column("embedding")), completions
 
 
@@ -268,9 +269,7 @@ def _save_entries(store: AnswerStore, step_key: str, vecs: np.ndarray, completio
         "step_key": pa.array([step_key] * n, pa.string()),
         "text_hash": pa.array(text_hashes, pa.string()),
         "embedding": vectors_array(vecs),
-        "value_json": pa.array([json.dumps(c.value, ensure_ascii=False) for c in completions], pa.string()),
-        "raw_output": pa.array([c.text for c in completions], pa.string()),
-        "finish_reason": pa.array([c.finish_reason for c in completions], pa.string()),
+        **answer_columns(completions),
         "created_at": pa.array([time.time()] * n, pa.float64()),
     })
     with store.connect() as con:

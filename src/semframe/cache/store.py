@@ -24,12 +24,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from semframe.engines.base import Completion
 from semframe.errors import SemframeError
 
 #: Bump when the tables change; an older file is refused with a message saying how to clear it.
@@ -71,6 +73,23 @@ _SCHEMA = (
         embedding FLOAT[] NOT NULL,
         PRIMARY KEY (model, text_hash))""",
 )
+
+
+def answer_columns(completions: Sequence[Completion]) -> dict[str, Any]:
+    """The stored form of answers, as Arrow columns: the parsed value as JSON text, the raw
+    output and the finish reason. Plain data only, so loading never runs code."""
+    import pyarrow as pa
+
+    return {
+        "value_json": pa.array([json.dumps(c.value, ensure_ascii=False) for c in completions], pa.string()),
+        "raw_output": pa.array([c.text for c in completions], pa.string()),
+        "finish_reason": pa.array([c.finish_reason for c in completions], pa.string()),
+    }
+
+
+def stored_answer(value_json: str, raw_output: str | None, finish_reason: str, **usage: int) -> Completion:
+    """A completion back from its stored form (see :func:`answer_columns`)."""
+    return Completion(text=raw_output, value=json.loads(value_json), finish_reason=finish_reason, **usage)
 
 
 class CacheError(SemframeError):
