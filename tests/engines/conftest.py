@@ -3,6 +3,10 @@
 ``tiny_model_dir`` is a real Llama-architecture model (see ``tiny_model.py``): vLLM loads it like
 any model, so engine tests exercise the real code paths without a download. Its answers are
 random, which is what the tests want: constrained decoding must hold whatever the model prefers.
+
+Every engine here also runs the engine contract (``test_contract.py``): it names each engine by
+its fixture and a ``throwaway_*`` fixture giving a fresh engine of the same class that a test may
+close. The session engines are shared by many tests; no test may close them.
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
+import semframe as sf
+
 from .tiny_model import build_tiny_model
+
 
 def _need_vllm() -> None:
     pytest.importorskip("vllm", reason='vLLM is not installed (pip install "semframe[cpu]")')
@@ -35,6 +42,34 @@ def tiny_vllm_engine(tiny_model_dir: Path):
     engine = VLLMEngine(str(tiny_model_dir), kv_cache_memory_bytes=64 << 20)
     yield engine
     engine.close()
+
+
+@pytest.fixture
+def throwaway_tiny_vllm_engine(tiny_model_dir: Path):
+    """A second, unshared VLLMEngine on the tiny model, for tests that close an engine.
+
+    Cheap once the session engine has loaded vLLM (under a second to start, with a small KV cache
+    and context); in-process engines may be open side by side, and closing this one leaves the
+    others working.
+    """
+    _need_vllm()
+    from semframe.engines.vllm import VLLMEngine
+
+    engine = VLLMEngine(str(tiny_model_dir), kv_cache_memory_bytes=32 << 20, max_model_len=256)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def deterministic_engine() -> sf.DeterministicEngine:
+    """The in-memory test engine, fresh for each test."""
+    return sf.DeterministicEngine()
+
+
+@pytest.fixture
+def throwaway_deterministic_engine() -> sf.DeterministicEngine:
+    """Another DeterministicEngine, for tests that close an engine."""
+    return sf.DeterministicEngine()
 
 
 @pytest.fixture(scope="session")

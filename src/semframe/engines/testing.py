@@ -16,6 +16,13 @@ from typing import Any
 from semframe.engines.base import Engine, RawCompletion, Request
 from semframe.plan.spec import ChoiceSpec, FieldType, JsonSpec, TextSpec
 
+#: The output specs the engine can answer without a responder.
+_SUPPORTED_SPECS = (ChoiceSpec, JsonSpec, TextSpec)
+
+
+def _unsupported(spec: object) -> str:
+    return f"the deterministic engine does not support output spec {type(spec).__name__}"
+
 
 def _digest(request: Request) -> int:
     return int(hashlib.sha256(request.key.encode()).hexdigest()[:12], 16)
@@ -36,7 +43,8 @@ class DeterministicEngine(Engine):
         Optional ``request -> text`` function. When given, its text is the raw answer (and is
         parsed against the spec like any engine's, so it can return malformed answers to test
         error handling). Without it: a choice picks a label by a hash of the request, JSON
-        fills every field with a value of its type, and text echoes the last message.
+        fills every field with a value of its type, and text echoes the last message; a
+        request with any other output spec gets an error for its row (the batch still runs).
     model
         The model name it reports (part of its fingerprint).
 
@@ -88,24 +96,29 @@ class DeterministicEngine(Engine):
             return spec.labels[seed % len(spec.labels)]
         if isinstance(spec, JsonSpec):
             return json.dumps({name: _fake_value(ft, seed + i) for i, (name, ft) in enumerate(spec.fields)})
-        assert isinstance(spec, TextSpec)
-        words = request.messages[-1].content.split()
-        return "echo: " + " ".join(words[: max(1, request.max_tokens - 1)])
+        if isinstance(spec, TextSpec):
+            words = request.messages[-1].content.split()
+            return "echo: " + " ".join(words[: max(1, request.max_tokens - 1)])
+        raise TypeError(_unsupported(spec))
 
     def _generate(self, requests: Sequence[Request]) -> list[RawCompletion]:
         self.batches.append(list(requests))
-        out = []
-        for req in requests:
-            text, finish = self._within_max_tokens(self.answer(req), req.max_tokens)
-            out.append(
-                RawCompletion(
-                    text=text,
-                    finish_reason=finish,
-                    prompt_tokens=sum(self.count_tokens(m.content) for m in req.messages),
-                    output_tokens=self.count_tokens(text),
-                )
+        return [self._answer_one(req) for req in requests]
+
+    def _answer_one(self, request: Request) -> RawCompletion:
+        prompt_tokens = sum(self.count_tokens(m.content) for m in request.messages)
+        if self._responder is None and not isinstance(request.spec, _SUPPORTED_SPECS):
+            # Like vLLM: a request the engine cannot serve fails its own row, not the batch.
+            return RawCompletion(
+                None, "error", prompt_tokens=prompt_tokens, error=_unsupported(request.spec)
             )
-        return out
+        text, finish = self._within_max_tokens(self.answer(request), request.max_tokens)
+        return RawCompletion(
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=prompt_tokens,
+            output_tokens=self.count_tokens(text),
+        )
 
     def _within_max_tokens(self, text: str, max_tokens: int) -> tuple[str, str]:
         """Cut an answer at ``max_tokens`` as a real engine stops there (finish reason "length")."""
