@@ -3,9 +3,9 @@
     .venv/bin/python -m benchmarks.prefix_layout              # 300 YES/NO titles, 3 repetitions
     .venv/bin/python -m benchmarks.prefix_layout --rows 500 --repeats 5
 
-``shared_first`` is the optimizer's default (``shape_prompts``: the instruction and the answer
+``shared_first`` is the default ``prompt_layout`` (the instruction and the answer
 format in a system message every row shares, the row's text last); ``inline`` is every rule but
-``shape_prompts`` (the row's text first, the instruction after it, as a hand-written loop sends
+``prompt_layout="inline"`` (the row's text first, the instruction after it, as a hand-written loop sends
 it). Two engines (prefix caching on, off; block size 32 as ``VLLMEngine`` picks on CPU), each in
 its own process, run both layouts in alternation; every run starts with an empty prefix cache.
 Writes ``docs/results/prefix_layout.md`` and its section of ``docs/benchmarks.md``.
@@ -30,19 +30,10 @@ LAYOUTS = ("shared_first", "inline")
 
 def inline_requests(spec: dict) -> dict:
     """The same spec with the inline layout's messages (for the minimum-token count)."""
-    import polars as pl
-    from semframe.execution.prompts import build_messages
-    from semframe.execution.semantic import render_texts
-    from semframe.optimizer import RULES, optimize, shape_prompts
-    from semframe.plan.nodes import SemanticStep, walk
+    from benchmarks.workloads import semframe_requests
 
-    from benchmarks.contenders.semframe_worker import build_plan
-
-    df = pl.DataFrame(spec["rows"])
-    rules = tuple(r for r in RULES if r is not shape_prompts)
-    step = next(n for n in walk(optimize(build_plan(df.lazy(), spec).plan, rules=rules)) if isinstance(n, SemanticStep))
-    texts, _ = render_texts(step, df)
-    return {**spec, "requests": [[[m.role, m.content] for m in build_messages(step, t)] for t in texts]}
+    requests, _ = semframe_requests(spec, prompt_layout="inline")
+    return {**spec, "requests": requests}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{limits['inline']['shared_prefix_tokens']} in `inline` (only the chat template's default system header). "
         "vLLM reuses whole blocks of 32 tokens: one block per request in `shared_first`, none in `inline`. "
         "*minimum* (each distinct request's own tokens plus one copy of the shared prefix) is computed per layout.",
-        "- `inline` is what `optimize(plan, rules=RULES minus shape_prompts)` sends; `shared_first` is the default.",
+        "- `inline` is what `run(prompt_layout=\"inline\")` sends; `shared_first` is the default.",
     ])
     print("\n" + text)
     if not args.no_write:

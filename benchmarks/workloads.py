@@ -192,21 +192,22 @@ def long_context(tokens: int, tokenizer: Any) -> tuple[str, list[str]]:
 # ---------------------------------------------------------------------------------------- specs
 
 
-def semframe_requests(spec: dict[str, Any]) -> tuple[list[list[list[str]]], int]:
-    """semframe's own chat messages for every row, exactly as its optimized plan sends them, and
+def semframe_requests(spec: dict[str, Any], prompt_layout: str = "shared_first") -> tuple[list[list[list[str]]], int]:
+    """semframe's own chat messages for every row, exactly as its physical plan sends them, and
     the step's ``max_tokens`` (for a classify step, what semframe derives from the labels)."""
-    from semframe.execution.prompts import build_request
-    from semframe.execution.semantic import render_texts
+    from semframe.execution.context import RunOptions
+    from semframe.execution.render import render_texts
     from semframe.optimizer import optimize
-    from semframe.plan.nodes import SemanticStep, walk
+    from semframe.physical.planner import plan_physical
+    from semframe.physical.semantic import RowOperator
 
     from benchmarks.contenders.semframe_worker import build_plan
 
     df = pl.DataFrame(spec["rows"])
-    plan = optimize(build_plan(df.lazy(), spec).plan)
-    step = next(n for n in walk(plan) if isinstance(n, SemanticStep))
-    texts, _ = render_texts(step, df)
-    requests = [build_request(step, t) for t in texts]
+    root = plan_physical(optimize(build_plan(df.lazy(), spec).plan), RunOptions(prompt_layout=prompt_layout))
+    op = next(o for o in root.walk() if isinstance(o, RowOperator))
+    texts, _ = render_texts(op.node.template, df)
+    requests = op.builder.build_all(texts)
     return [[[m.role, m.content] for m in r.messages] for r in requests], requests[0].max_tokens
 
 

@@ -112,10 +112,12 @@ def test_explain_shows_plan_before_and_after(titles):
     raw = plan.explain(optimized=False)
     opt = plan.explain()
     assert raw.splitlines()[1] == "HEAD 3"
-    assert "rewrites: pushdown_predicates, pushdown_limit, dedupe_prompts, shape_prompts" in opt
+    assert "rewrites: pushdown_predicates, pushdown_limit" in opt
     lines = opt.splitlines()
-    assert lines[1].startswith("SEMANTIC CLASSIFY -> eu [one of YES, NO")
-    assert "template: '{title}'" in opt and "FILTER" in lines[4] and "SCAN" in lines[5]
+    assert lines[1].startswith("SEMANTIC CLASSIFY -> eu (step 0) [one of YES, NO")
+    assert "dedupe, shared prefix first, exact cache" in lines[1]
+    assert "template: '{title}'" in opt and lines[3].strip() == "POLARS QUERY"
+    assert lines[4].strip() == "HEAD 3" and "FILTER" in lines[5] and "SCAN" in lines[6]
 
 
 def test_process_default_engine_and_per_call_override(titles):

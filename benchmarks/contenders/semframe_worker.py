@@ -1,7 +1,7 @@
 """semframe: the workload as a lazy plan, run with ``SemLazyFrame.run()`` on a ``VLLMEngine``.
 
-Spec options (``spec["semframe"]``): ``layout`` ("shared_first", the optimizer's default, or
-"inline": every rule but ``shape_prompts``; a command may override it), ``exact_cache`` (a cache
+Spec options (``spec["semframe"]``): ``layout`` ("shared_first", the default, or "inline": the
+``prompt_layout`` run option; a command may override it), ``exact_cache`` (a cache
 folder, or null for ``cache=False``), ``semantic_cache`` (bool), ``batch_size``.
 """
 
@@ -56,8 +56,6 @@ def setup(spec: dict[str, Any]) -> State:
 def run(state: State, cmd: dict[str, Any]) -> dict[str, Any]:
     import polars as pl
 
-    from semframe.frontends.lazy import SemLazyFrame
-    from semframe.optimizer import RULES, optimize, shape_prompts
 
     spec, opts = state.spec, state.opts
     rows = rows_for(spec, cmd)
@@ -66,9 +64,7 @@ def run(state: State, cmd: dict[str, Any]) -> dict[str, Any]:
     run_kwargs: dict[str, Any] = dict(engine=state.engine, cache=bool(opts.get("exact_cache")),
                                       batch_size=opts.get("batch_size"))
     if cmd.get("layout", opts.get("layout")) == "inline":
-        rules = tuple(r for r in RULES if r is not shape_prompts)
-        plan = SemLazyFrame(optimize(plan.plan, rules=rules))
-        run_kwargs["optimize"] = False
+        run_kwargs["prompt_layout"] = "inline"
     if not cmd.get("keep_prefix_cache"):
         reset_prefix_cache(state.engine)
     calls_before = state.engine.usage.calls

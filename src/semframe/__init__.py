@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from semframe import accounting, frontends as _frontends  # noqa: F401
 from semframe.accounting.prices import register_machine_price, register_price, unregister_price
-from semframe.config import configure
+from semframe.configure import configure
 from semframe.engines import DeterministicEngine, Engine, Request
 from semframe.errors import BudgetExceeded, EngineError, OutputError, PlanError, SemframeError
-from semframe.execution.executor import RunResult
-from semframe.execution.run import last_run
+from semframe.execution.context import RunOptions, last_run
+from semframe.execution.result import RunResult
 from semframe.frontends import polars as _polars_front  # noqa: F401  (registers the namespaces)
 from semframe.frontends.lazy import SemLazyFrame
 
@@ -42,6 +42,7 @@ __all__ = [
     "OutputError",
     "PlanError",
     "Request",
+    "RunOptions",
     "RunResult",
     "SemLazyFrame",
     "SemframeError",

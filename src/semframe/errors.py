@@ -4,7 +4,13 @@ from __future__ import annotations
 
 
 class SemframeError(Exception):
-    """Base class of every error semframe raises on purpose."""
+    """Base class of every error semframe raises on purpose.
+
+    An error that ends a run carries the run's partial result in ``result`` (a RunResult with
+    ``complete=False``; also what ``sf.last_run()`` returns), else None.
+    """
+
+    result = None
 
 
 class PlanError(SemframeError, ValueError):

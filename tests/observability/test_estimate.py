@@ -27,19 +27,19 @@ def test_estimate_matches_the_run_for_known_rows(reviews):
 
 
 def test_explain_says_when_it_uses_the_heuristic(reviews):
-    text = reviews.lazy().semantic.classify("text", ["good", "bad"]).explain()
+    text = reviews.lazy().semantic.classify("text", ["good", "bad"]).explain(estimate=True)
     assert "ESTIMATE (before running; tokens by heuristic (~4 characters per token))" in text
     assert "4 engine calls" in text and "2 null/empty skipped" in text
     assert "cost:" in text and "openai/gpt-4o-mini" in text
-    assert "ESTIMATE" not in reviews.lazy().semantic.classify("text", ["a", "b"]).explain(estimate=False)
+    assert "ESTIMATE" not in reviews.lazy().semantic.classify("text", ["a", "b"]).explain()  # reads no data
 
 
 def test_explain_uses_a_configured_engine_but_never_starts_one(reviews):
     sf.configure(engine=sf.DeterministicEngine(model="m-configured"))
-    assert "m-configured's tokenizer" in reviews.lazy().semantic.map("Say {text}").explain()
+    assert "m-configured's tokenizer" in reviews.lazy().semantic.map("Say {text}").explain(estimate=True)
     code = ("import polars as pl, semframe as sf, sys\n"
             "lf = pl.DataFrame({'t': ['a', 'b']}).lazy()\n"
-            "print(lf.semantic.classify('t', ['x', 'y']).explain())\n"
+            "print(lf.semantic.classify('t', ['x', 'y']).explain(estimate=True))\n"
             "assert 'vllm' not in sys.modules and 'torch' not in sys.modules\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -75,7 +75,7 @@ def test_file_scans_and_no_semantic_steps(tmp_path, reviews):
     assert est.steps[0].rows_high == 6  # the filter was pushed below the step
     assert "no semantic steps" in str(sf.SemLazyFrame.from_data(reviews).estimate())
     html = plan._repr_html_()
-    assert "call .explain()" in html  # displaying a file-backed plan does not read the file
+    assert "call .estimate()" in html  # displaying a file-backed plan does not read the file
     assert "<table" in sf.SemLazyFrame.from_data(reviews).semantic.classify("text", ["a", "b"])._repr_html_()
 
 

@@ -55,7 +55,7 @@ def test_quick_runs_show_nothing_and_silent_mode_tracks():
 def test_run_with_progress_writes_to_stderr(capsys, monkeypatch):
     import functools
 
-    import semframe.execution.run as run_mod
+    import semframe.physical.executor as run_mod
 
     monkeypatch.setattr(run_mod, "Progress", functools.partial(Progress, delay=0.0))
     df = pl.DataFrame({"t": [f"x{i}" for i in range(50)]})

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from semframe.plan.nodes import Scan, SemClassify, SemExtract, SemFilter, SemMap, Source
+from semframe.plan.nodes import Scan, Source
+from semframe.plan.semantic import SemClassify, SemExtract, SemFilter, SemMap
 from semframe.plan.spec import ChoiceSpec, JsonSpec, TextSpec
 from semframe.plan.template import Template
 

@@ -1,7 +1,8 @@
 import polars as pl
 
 from semframe.optimizer import pushdown_limit
-from semframe.plan.nodes import Filter, Head, PlExpr, Rename, Select, Sort, WithColumns
+from semframe.plan.expr import PlExpr
+from semframe.plan.nodes import Filter, Head, Rename, Select, Sort, WithColumns
 
 from .plans import classify, extract, scan, sem_filter, smap
 

@@ -1,7 +1,8 @@
 import polars as pl
 
 from semframe.optimizer import pushdown_predicates
-from semframe.plan.nodes import Drop, Filter, Head, PlExpr, Select, Sort, WithColumns
+from semframe.plan.expr import PlExpr
+from semframe.plan.nodes import Drop, Filter, Head, Select, Sort, WithColumns
 
 from .plans import classify, extract, scan, sem_filter
 

@@ -5,7 +5,7 @@
 - :mod:`~semframe.accounting.tokens`: counting prompt tokens and answer sizes before a run.
 - :mod:`~semframe.accounting.throughput`: how long tokens take.
 - :mod:`~semframe.accounting.cost`: what a run cost and what reused answers saved.
-- :mod:`~semframe.accounting.estimate`: calls, tokens, time and cost of a plan before it runs.
+- :mod:`~semframe.accounting.estimate`: the figures of a plan's estimate (calls, tokens, time, cost).
 - :mod:`~semframe.accounting.budget`: stop a run before it exceeds ``max_tokens``/``max_cost``.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from semframe.accounting.budget import Budget
 from semframe.accounting.cost import CostReport
-from semframe.accounting.estimate import PlanEstimate, StepEstimate, estimate_plan
+from semframe.accounting.estimate import PlanEstimate, StepEstimate
 from semframe.accounting.prices import (
     MACHINE_PRICES,
     TOKEN_PRICES,
@@ -37,7 +37,6 @@ __all__ = [
     "StepEstimate",
     "Throughput",
     "TokenPrice",
-    "estimate_plan",
     "machine_price",
     "register_machine_price",
     "register_price",

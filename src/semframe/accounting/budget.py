@@ -104,6 +104,14 @@ class Budget:
             self.spent_tokens += c.prompt_tokens + c.output_tokens
             self.spent_seconds += c.latency_s
 
+    # The answer resolver's observer interface: it calls these around every engine batch.
+
+    def before_engine_batch(self, step: Any, requests: Sequence[Request]) -> None:
+        self.check(requests, f"engine batch {step.metrics.engine_batches + 1} of {step.where}")
+
+    def after_engine_batch(self, step: Any, completions: Sequence[Completion]) -> None:
+        self.spend(completions)
+
     def _predict_seconds(self, n: int, prompt: int, output: int) -> float:
         if self.spent_requests:
             return n * self.spent_seconds / self.spent_requests

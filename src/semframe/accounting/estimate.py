@@ -1,6 +1,8 @@
-"""Estimate a plan's engine calls, tokens, time and cost before it runs.
+"""What a plan is expected to cost before it runs: the estimate's figures and how they print.
 
-Walks the optimized plan from the scan up, the way the executor will run it:
+The estimate itself is made by walking the plan's physical operators
+(:func:`semframe.physical.executor.estimate_plan`, what ``explain(estimate=True)`` and
+``estimate()`` call), the same objects the run executes:
 
 - Rows: the relational part below the semantic steps is counted exactly with polars (for a
   file scan, only the columns the prompts read are collected). Above a semantic ``filter`` (or
@@ -22,23 +24,12 @@ Answers already in the persistent cache are not subtracted: a rerun costs less t
 from __future__ import annotations
 
 import html
-import math
-import random
 from dataclasses import dataclass, field
-from typing import Any
 
 import polars as pl
 
-from semframe.accounting.prices import TOKEN_PRICES, MachinePrice, format_usd, machine_price
-from semframe.accounting.throughput import Throughput, throughput_for
-from semframe.accounting.tokens import output_tokens, request_prompt_tokens, token_counter
-from semframe.execution.executor import relational_frame
-from semframe.execution.prompts import build_request, shared_text
-from semframe.execution.semantic import render_exprs
-from semframe.plan.nodes import ROW_ID, Filter, Head, Node, Relational, SemanticStep, SemFilter, walk
-
-#: Distinct prompts tokenized per step.
-SAMPLE_PROMPTS = 256
+from semframe.accounting.prices import TOKEN_PRICES, MachinePrice, format_usd
+from semframe.accounting.throughput import Throughput
 
 
 @dataclass(frozen=True)
@@ -192,139 +183,3 @@ def _secs(s: float) -> str:
     if s < 7200:
         return f"{s / 60:.1f} min"
     return f"{s / 3600:.1f} h"
-
-
-# --------------------------------------------------------------------------- the walk
-
-
-@dataclass
-class _State:
-    """What is known at one point of the plan while walking up from the scan."""
-
-    frame: pl.DataFrame | None  # the rows at this point, or a superset of them when not ``exact``
-    rows_low: float
-    rows_high: float
-    exact: bool = True  # False once a step with unknown selectivity ran
-    typical_tokens: dict[str, float] = field(default_factory=dict)  # model-written column -> tokens
-
-
-def estimate_plan(plan: Node, engine: Any = None, *, filter_selectivity: float = 0.5,
-                  sample: int = SAMPLE_PROMPTS) -> PlanEstimate:
-    """Estimate an (optimized) plan. ``engine`` only counts tokens; it is never asked anything.
-
-    Parameters
-    ----------
-    plan
-        The plan as it will run (after ``optimize``).
-    engine
-        An existing engine whose ``count_tokens`` to use; None uses ~4 characters per token.
-    filter_selectivity
-        The fraction of rows a semantic filter is assumed to keep for the low estimate.
-    sample
-        Distinct prompts tokenized per step.
-    """
-    if not 0.0 <= filter_selectivity <= 1.0:
-        raise ValueError(f"filter_selectivity must be between 0 and 1, got {filter_selectivity!r}")
-    count = token_counter(engine)
-    chain = list(walk(plan))[::-1]  # scan first
-    base_index = max(i for i, n in enumerate(chain) if relational_frame(n) is not None)
-    needed = {c for n in chain if isinstance(n, SemanticStep) for c in n.template.columns}
-    state = _State(_collect(chain[base_index], needed), 0, 0)
-    state.rows_low = state.rows_high = state.frame.height  # type: ignore[union-attr]
-    steps: list[StepEstimate] = []
-    for node in chain[base_index + 1:]:
-        if isinstance(node, SemanticStep):
-            steps.append(_estimate_step(node, len(steps), state, engine, count, sample))
-            if isinstance(node, SemFilter):
-                state.exact = False
-                state.rows_low *= filter_selectivity
-        elif isinstance(node, Head):
-            state.rows_low, state.rows_high = min(state.rows_low, node.n), min(state.rows_high, node.n)
-            if state.frame is not None and state.exact:
-                state.frame = state.frame.head(node.n)
-        elif isinstance(node, Relational):
-            _apply_relational(node, state, filter_selectivity)
-    machine = machine_price(engine)
-    notes = ["answers already in the persistent cache are not subtracted (a rerun costs less)"]
-    if engine is not None and not any(callable(getattr(engine, a, None)) for a in ("count_prompt_tokens", "render")):
-        notes.append("the chat template's few tokens per message are not counted")
-    tokenizer = (f"{getattr(engine, 'model', 'the engine')}'s tokenizer" if engine is not None
-                 else "heuristic (~4 characters per token)")
-    return PlanEstimate(tuple(steps), machine, throughput_for(engine, machine.kind), tokenizer,
-                        filter_selectivity, tuple(notes))
-
-
-def _collect(base: Node, needed: set[str]) -> pl.DataFrame:
-    lf = relational_frame(base)
-    assert lf is not None
-    names = lf.collect_schema().names()
-    cols = [c for c in names if c in needed or c == ROW_ID]
-    return lf.select(cols).collect()
-
-
-def _apply_relational(node: Relational, state: _State, selectivity: float) -> None:
-    """Apply a relational step to the known rows if it can run on them, else widen the estimate."""
-    if state.frame is not None:
-        try:
-            state.frame = node.apply(state.frame.lazy()).collect()
-            if state.exact:
-                state.rows_low = state.rows_high = state.frame.height
-            else:  # the frame is a superset of the rows: it bounds them
-                state.rows_high = min(state.rows_high, state.frame.height)
-                state.rows_low = min(state.rows_low, state.rows_high)
-            return
-        except pl.exceptions.PolarsError:
-            state.frame = None  # it reads a column the model writes, or one not collected
-    state.exact = False
-    if isinstance(node, Filter):
-        state.rows_low *= selectivity
-
-
-def _estimate_step(step: SemanticStep, index: int, state: _State, engine: Any, count: Any,
-                   sample: int) -> StepEstimate:
-    known = state.frame is not None and all(c in state.frame.columns for c in step.template.columns)
-    max_tokens = step.effective_max_tokens
-    out = output_tokens(step.spec, max_tokens, count)
-    written = sum(state.typical_tokens.get(c, 0.0) for c in step.template.columns)
-    shared = shared_text(step)
-    if known:
-        texts = _rendered(step, state.frame)  # type: ignore[arg-type]
-        valid = texts.drop_nulls()
-        skipped = texts.len() - valid.len()
-        distinct = valid.unique(maintain_order=True)
-        n_calls = distinct.len() if step.dedupe else valid.len()
-        exact = state.exact and state.rows_low == state.rows_high == texts.len()
-        per_row = n_calls / texts.len() if texts.len() else 0.0
-        calls_low = n_calls if exact else round(min(state.rows_low * per_row, n_calls))
-        calls_high = n_calls if exact else math.ceil(min(state.rows_high * (valid.len() / max(texts.len(), 1)),
-                                                         distinct.len() if step.dedupe else state.rows_high))
-        pool = distinct.to_list()
-    else:
-        # Inputs written by an earlier step: every row is a call, its text is that step's answer.
-        skipped, exact = 0, False
-        calls_low, calls_high = round(state.rows_low), round(state.rows_high)
-        pool = [_placeholder(step, state)] if state.frame is None or state.frame.height else []
-    if len(pool) > sample:
-        pool = random.Random(0).sample(pool, sample)
-    prompt_tokens = (sum(request_prompt_tokens(build_request(step, t, shared), engine) for t in pool) / len(pool)
-                     if pool else 0.0) + written
-    if step.name is not None:
-        state.typical_tokens[step.name] = out.typical
-    return StepEstimate(
-        step=index, operator=step.operator, column=step.name,
-        rows_low=round(state.rows_low), rows_high=round(state.rows_high), skipped=skipped,
-        calls_low=calls_low, calls_high=calls_high, rows_exact=exact,
-        prompt_tokens_per_call=prompt_tokens, output_tokens_per_call=(out.low, out.typical, out.high),
-    )
-
-
-def _placeholder(step: SemanticStep, state: _State) -> str:
-    """The template with known columns' first values and model-written columns empty."""
-    first = state.frame.row(0, named=True) if state.frame is not None and state.frame.height else {}
-    return step.template.render({c: "" if first.get(c) is None else str(first[c]) for c in step.template.columns})
-
-
-def _rendered(step: SemanticStep, frame: pl.DataFrame) -> pl.Series:
-    """Every row's rendered text (null where the run would skip the row), as the run renders it."""
-    text, has_null, all_empty = render_exprs(step, frame.schema)
-    return frame.select(pl.when(has_null | all_empty).then(None).otherwise(text).alias("text"))["text"]

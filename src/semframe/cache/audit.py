@@ -90,14 +90,13 @@ def audit_semantic_cache(frame: Any, *, engine: Any = None, k: int = 50, seed: i
     >>> print(audit_semantic_cache(plan, engine=sf.DeterministicEngine(), k=5))  # doctest: +SKIP
     semantic cache audit: 1 hits, 1 re-asked, 0 agreed (0.0%)
     """
-    from semframe import config
-    from semframe.cache.semantic import record_semantic_hits
+    from semframe.engines.registry import resolve_engine
 
     if k < 1:
         raise ValueError(f"k must be a positive number of hits to re-ask, got {k}")
-    eng = config.resolve_engine(engine)
-    with record_semantic_hits() as hits:
-        result = frame.run(eng, **run_options)
+    eng = resolve_engine(engine)
+    result = frame.run(eng, **run_options)
+    hits = result.semantic_hits
     sample = random.Random(seed).sample(hits, min(k, len(hits)))
     fresh = eng.generate([h.request for h in sample]) if sample else []
     details = pl.DataFrame(

@@ -34,11 +34,10 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -91,7 +90,7 @@ class SemanticPlan:
 
 @dataclass(frozen=True)
 class RecordedHit:
-    """One semantic reuse, kept while :func:`record_semantic_hits` is active (for audits)."""
+    """One semantic reuse, kept by the run that made it (``RunResult.semantic_hits``, for audits)."""
 
     step_key: str
     request: Request
@@ -99,29 +98,7 @@ class RecordedHit:
     value: Any
     similarity: float
     source_row_id: int | None
-    row_id: int
-
-
-_recorders: list[list[RecordedHit]] = []
-
-
-@contextlib.contextmanager
-def record_semantic_hits() -> Iterator[list[RecordedHit]]:
-    """Collect every semantic reuse made while the block runs (used by the audit).
-
-    Examples
-    --------
-    >>> with record_semantic_hits() as hits:
-    ...     pass
-    >>> hits
-    []
-    """
-    hits: list[RecordedHit] = []
-    _recorders.append(hits)
-    try:
-        yield hits
-    finally:
-        _recorders.remove(hits)
+    row_id: int | None
 
 
 class SemanticCache:
@@ -137,16 +114,19 @@ class SemanticCache:
         Turns texts into unit vectors (an :class:`~semframe.cache.embed.Embedder`).
     store
         Where answers persist across runs; None keeps them for this run only.
+    hits
+        A list of the run's that each reuse is appended to (as a :class:`RecordedHit`).
     """
 
     def __init__(self, step_key: str, threshold: float, embedder: Embedder | None,
-                 store: AnswerStore | None = None):
+                 store: AnswerStore | None = None, hits: list[RecordedHit] | None = None):
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
         self.step_key = step_key
         self.threshold = threshold
         self.embedder = embedder
         self.store = store
+        self.hits = hits
         self._index: VectorIndex | None = None
         self._answers: list[Completion] = []
         self._row_ids: list[int | None] = []
@@ -215,13 +195,11 @@ class SemanticCache:
             hashes = [text_hashes[i] if text_hashes is not None else "" for i in keep]
             _save_entries(self.store, self.step_key, vecs, [completions[i] for i in keep], hashes)
 
-    def note_hit(self, request: Request, text: str, hit: SemanticHit, row_id: int) -> None:
-        """Tell active :func:`record_semantic_hits` blocks about one reuse."""
-        if _recorders:
-            rec = RecordedHit(self.step_key, request, text, hit.completion.value, hit.similarity,
-                              hit.source_row_id, row_id)
-            for hits in _recorders:
-                hits.append(rec)
+    def note_hit(self, request: Request, text: str, hit: SemanticHit, row_id: int | None) -> None:
+        """Record one reuse in the run's list of hits (if it keeps one)."""
+        if self.hits is not None:
+            self.hits.append(RecordedHit(self.step_key, request, text, hit.completion.value, hit.similarity,
+                                         hit.source_row_id, row_id))
 
     # ------------------------------------------------------------------ internals
 

@@ -14,7 +14,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 from semframe.errors import OutputError
@@ -59,13 +59,47 @@ class Request:
 
     @cached_property  # computed once: the runner, the caches and lineage all use it
     def key(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+        """SHA-256 of everything but the last message's text (digested once per distinct value,
+        as every row of a step shares it), then that text: the same inputs as hashing the whole
+        request, at a fraction of the cost per row."""
+        *head, last = self.messages
+        static = _static_digest(tuple(head), last.role, self.spec, self.max_tokens, self.temperature, self.top_p)
+        return hashlib.sha256(static + last.content.encode("utf-8", "surrogatepass")).hexdigest()
 
     @cached_property
     def prompt_text(self) -> str:
         """The messages as plain text (for display and token estimates)."""
         return "\n\n".join(f"[{m.role}]\n{m.content}" for m in self.messages)
+
+
+def requests_sharing(head: tuple[Message, ...], role: str, texts: Sequence[str | None], spec: OutputSpec,
+                     max_tokens: int, temperature: float = 0.0, top_p: float = 1.0) -> list[Request | None]:
+    """Requests that differ only in their last message's text (None where the text is None).
+
+    The same requests as building each one, with the shared part digested once for all of them.
+    """
+    static = _static_digest(head, role, spec, max_tokens, temperature, top_p)
+    sha = hashlib.sha256
+    out: list[Request | None] = []
+    append = out.append
+    for text in texts:
+        if text is None:
+            append(None)
+            continue
+        req = Request((*head, Message(role, text)), spec, max_tokens, temperature, top_p)
+        req.__dict__["key"] = sha(static + text.encode("utf-8", "surrogatepass")).hexdigest()  # as .key computes it
+        append(req)
+    return out
+
+
+@lru_cache(maxsize=1024)
+def _static_digest(head: tuple[Message, ...], last_role: str, spec: OutputSpec, max_tokens: int,
+                   temperature: float, top_p: float) -> bytes:
+    """The digest of a request without its last message's text (32 bytes: a fixed-length prefix)."""
+    blob = json.dumps({"v": 2, "messages": [[m.role, m.content] for m in head], "last_role": last_role,
+                       "spec": spec.to_dict(), "max_tokens": max_tokens, "temperature": temperature,
+                       "top_p": top_p}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).digest()
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Row-level lineage and per-step metrics of a run.
 
 Every output cell of every semantic step gets one lineage record: the input row it came from
-(``row_id``, stable across filters, sorts and heads), the step, the request (by key; the prompt
+(``row_id``, its position in the scanned input, stable across filters, sorts and heads; for a
+row made of several input rows -- a join's pair, a group -- ``row_id`` is null and
+``provenance`` names them as JSON, e.g. ``{"left": 3, "right": 7}`` or ``[0, 4, 9]``), the step, the request (by key; the prompt
 text is kept once per distinct request), the model, how it was answered, the raw and parsed
 answer, the tokens and the time. Records are appended in columnar lists, so recording costs a
 few list appends per row.
@@ -24,6 +26,7 @@ SOURCES = ("engine", "dedup", "exact_cache", "semantic_cache", "skipped")
 
 LINEAGE_SCHEMA = {
     "row_id": pl.UInt32,
+    "provenance": pl.String,
     "step": pl.Int32,
     "operator": pl.String,
     "column": pl.String,
@@ -101,6 +104,10 @@ class StepMetrics:
             self.skipped += 1
         self.errors += outcome.error is not None and src != "skipped"
 
+    def add_all(self, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            self.add(outcome)
+
 
 #: The Outcome fields that become lineage columns, in LINEAGE_SCHEMA order.
 _OUTCOME_FIELDS = ("request_key", "source", "source_row_id", "similarity", "raw_output", "value", "error",
@@ -118,13 +125,14 @@ class LineageRecorder:
     """
 
     enabled: bool = True
-    _steps: list[tuple[int, str, str | None, str, list[int], list[tuple[Any, ...]]]] = field(default_factory=list)
+    _steps: list[tuple[int, str, str | None, str, pl.Series, list[tuple[Any, ...]]]] = field(default_factory=list)
     prompts: dict[str, str] = field(default_factory=dict)
 
     def record(self, step: int, operator: str, column: str | None, model: str,
-               row_ids: list[int], outcomes: list[Outcome]) -> None:
+               ids: pl.Series, outcomes: list[Outcome]) -> None:
+        """One record per row: ``ids`` is the rows' provenance (see :mod:`.provenance`)."""
         if self.enabled:
-            self._steps.append((step, operator, column, model, row_ids, list(map(_fields_of, outcomes))))
+            self._steps.append((step, operator, column, model, ids, list(map(_fields_of, outcomes))))
 
     def remember_prompt(self, request: Request) -> None:
         """Keep the request's prompt text once per key (built only then: it is the whole prompt)."""
@@ -134,10 +142,14 @@ class LineageRecorder:
     def to_frame(self) -> pl.DataFrame:
         if not self._steps:
             return pl.DataFrame(schema=LINEAGE_SCHEMA)
-        cols: dict[str, list[Any]] = {k: [] for k in LINEAGE_SCHEMA}
-        for step, operator, column, model, row_ids, rows in self._steps:
-            n = len(row_ids)
-            cols["row_id"].extend(row_ids)
+        cols: dict[str, Any] = {k: [] for k in LINEAGE_SCHEMA if k not in ("row_id", "provenance")}
+        row_ids: list[pl.Series] = []
+        composite: list[pl.Series] = []
+        for step, operator, column, model, ids, rows in self._steps:
+            n = len(ids)
+            scalar = ids.dtype == pl.UInt32
+            row_ids.append(ids if scalar else pl.Series([None] * n, dtype=pl.UInt32))
+            composite.append(pl.Series([None] * n, dtype=pl.String) if scalar else _provenance_text(ids))
             cols["step"].extend([step] * n)
             cols["operator"].extend([operator] * n)
             cols["column"].extend([column] * n)
@@ -145,13 +157,24 @@ class LineageRecorder:
             for name, values in zip(_OUTCOME_FIELDS, zip(*rows)):
                 cols[name].extend(values)
         cols["value"] = _values_text(cols["value"])
-        return pl.DataFrame(cols, schema=LINEAGE_SCHEMA)
+        cols["row_id"] = pl.concat(row_ids).alias("row_id")
+        cols["provenance"] = pl.concat(composite).alias("provenance")
+        return pl.DataFrame({k: cols[k] for k in LINEAGE_SCHEMA}, schema=LINEAGE_SCHEMA)
 
     def prompts_frame(self) -> pl.DataFrame:
         return pl.DataFrame(
             {"request_key": list(self.prompts), "prompt": list(self.prompts.values())},
             schema={"request_key": pl.String, "prompt": pl.String},
         )
+
+
+def _provenance_text(ids: pl.Series) -> pl.Series:
+    """Composite provenance (pairs, groups) as JSON text, one per row."""
+    if ids.dtype == pl.Null:
+        return pl.Series([None] * len(ids), dtype=pl.String)
+    if ids.dtype == pl.Object:
+        return pl.Series([None if v is None else json.dumps(v, default=str) for v in ids], dtype=pl.String)
+    return pl.Series([None if v is None else json.dumps(v, default=str) for v in ids.to_list()], dtype=pl.String)
 
 
 def _values_text(values: list[Any]) -> list[str | None] | pl.Series:

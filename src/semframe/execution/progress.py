@@ -101,6 +101,10 @@ class Progress:
             self.engine_seconds += c.latency_s
         self._refresh()
 
+    def after_engine_batch(self, step: Any, completions: list[Any]) -> None:
+        """The answer resolver's observer hook: an engine batch of ``step`` finished."""
+        self.engine_batch(completions)
+
     def line(self) -> str:
         """The status line."""
         elapsed = time.perf_counter() - self._start

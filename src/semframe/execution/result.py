@@ -47,9 +47,10 @@ class RunResult:
     df
         The result, as a plain polars DataFrame.
     row_ids
-        For each result row, the id of the input row it came from (None after an aggregation):
-        its position in the scanned input, stable across filters, sorts and heads. Join it to
-        :attr:`lineage` on ``row_id`` (see :meth:`with_row_ids`).
+        For each result row, the input row(s) it came from (see :mod:`semframe.execution.provenance`):
+        its position in the scanned input, stable across filters, sorts and heads; a struct
+        ``{left, right}`` after a join, a list after a ``group_by().agg()``; null where a step keeps
+        no link. Join it to :attr:`lineage` on ``row_id`` (see :meth:`with_row_ids`).
     lineage
         One row per output cell of every semantic step (see :mod:`semframe.execution.lineage`).
     prompts
@@ -65,7 +66,12 @@ class RunResult:
     machine
         The machine price the cost uses.
     complete
-        False when a budget stopped the run early (then ``df`` holds the rows done so far).
+        False when a budget stopped the run early or an error ended it (then ``df`` holds the
+        rows done so far, and :attr:`error` says what happened).
+    error
+        The error that ended the run (None for a complete run).
+    semantic_hits
+        Every semantic-cache reuse of the run (what ``audit_semantic_cache`` re-asks).
     """
 
     df: pl.DataFrame
@@ -79,6 +85,8 @@ class RunResult:
     machine: MachinePrice = field(default_factory=machine_price)
     complete: bool = True
     count_tokens: Callable[[str], int] = field(default=heuristic_count_tokens, repr=False)
+    error: str | None = None
+    semantic_hits: list[Any] = field(default_factory=list, repr=False)
 
     # ------------------------------------------------------------------ metrics and cost
 
@@ -184,7 +192,7 @@ class RunResult:
     def summary(self) -> str:
         """A few lines: rows, steps, engine calls, reused answers, tokens, time and cost."""
         c = self.cost
-        state = "" if self.complete else " (stopped early by a budget)"
+        state = "" if self.complete else f" (stopped early: {self.error})" if self.error else " (stopped early)"
         saved = sum(c.saved_requests.values())
         return (
             f"run{state}: {self.df.height:,} rows out, {len(self.step_metrics)} semantic step(s), "

@@ -1,41 +1,64 @@
 """``SemLazyFrame``: a lazy plan that mixes polars steps and semantic steps.
 
-It is what ``pl.LazyFrame.semantic.<verb>`` returns. Relational methods mirror polars'
-(``filter``, ``select``, ``with_columns``, ``head``/``limit``, ``sort``, ``drop``, ``rename``),
-``.semantic`` adds more semantic steps, ``explain()`` shows the optimized plan and
-``collect()`` runs it.
+It is what ``pl.LazyFrame.semantic.<verb>`` returns, and it has the whole ``pl.LazyFrame`` API:
+
+- ``filter``, ``select``, ``with_columns``, ``head``/``limit``, ``sort``, ``drop`` and ``rename``
+  build nodes the optimizer understands (it moves filters, projections and heads through them);
+- every other LazyFrame method -- ``join`` (with a polars frame or another semframe plan),
+  ``group_by(...).agg(...)``, ``unique``, ``explode``, ``unnest``, ``with_row_index``,
+  ``unpivot``, ... -- builds a :class:`~semframe.plan.nodes.PolarsCall` step through one
+  mechanism (:meth:`SemLazyFrame.__getattr__`), so the API grows with polars'; the optimizer
+  treats such steps as barriers;
+- ``pipe`` calls a function with the plan, ``sink_parquet``/``sink_csv``/``sink_ndjson``/``sink_ipc``
+  run the plan and write its result;
+- ``.semantic`` adds more semantic steps, ``explain()`` shows the physical plan, ``estimate()``
+  what it will cost, and ``collect()``/``run()`` run it.
 """
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterable, Mapping, Sequence
 from functools import reduce
 from typing import Any
 
 import polars as pl
 
-from semframe.accounting.estimate import PlanEstimate, estimate_plan
-from semframe.config import existing_engine
+from semframe.accounting.estimate import PlanEstimate
+from semframe.engines.registry import existing_engine
 from semframe.errors import PlanError
-from semframe.execution.executor import RunResult
-from semframe.execution.run import run_plan
+from semframe.execution.context import RunOptions
+from semframe.execution.result import RunResult
 from semframe.frontends.verbs import SemanticVerbs
 from semframe.optimizer import RULES, optimize_traced
-from semframe.plan import explain as explain_mod
+from semframe.physical.executor import estimate_plan, run_plan
+from semframe.physical.planner import plan_physical, render
+from semframe.plan.expr import PlExpr
 from semframe.plan.nodes import (
+    Call,
     Drop,
     Filter,
     Head,
     Node,
-    PlExpr,
+    PolarsCall,
     Rename,
     Scan,
     Select,
     Sort,
     Source,
     WithColumns,
+    empty_frame,
+    freeze,
+    thaw,
     walk,
 )
+
+#: Run options every runner accepts (``collect``, ``run``, ``sink_*``, eager verbs).
+RUN_OPTIONS = ("engine", "batch_size", "cache", "lineage", "optimize", "max_cost", "max_tokens", "progress",
+               "dedupe", "prompt_layout")
+#: LazyFrame methods that would run the query or have effects outside the plan when called.
+_EAGER_PREFIXES = ("collect", "sink_", "profile", "show", "fetch", "explain", "serialize", "remote", "execute",
+                   "describe", "deserialize", "from_")
 
 
 def _exprs(where: str, exprs: Iterable[Any], named: Mapping[str, Any]) -> tuple[PlExpr, ...]:
@@ -51,6 +74,19 @@ def _exprs(where: str, exprs: Iterable[Any], named: Mapping[str, Any]) -> tuple[
     return tuple(out)
 
 
+def as_plan(value: Any) -> Node | None:
+    """The plan of a frame-like value (a semframe plan, a polars LazyFrame or DataFrame), else None."""
+    if isinstance(value, SemLazyFrame):
+        return value.plan
+    if isinstance(value, (pl.LazyFrame, pl.DataFrame)):
+        return Scan(Source.from_data(value))
+    return None
+
+
+def _split_run_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: kwargs.pop(k) for k in list(kwargs) if k in RUN_OPTIONS}
+
+
 class SemLazyFrame:
     """A lazy plan over a table; nothing runs until :meth:`collect`.
 
@@ -61,6 +97,8 @@ class SemLazyFrame:
     >>> plan = lf.semantic.classify("title", ["YES", "NO"], name="eu").filter(pl.col("year") < 1900)
     >>> plan.collect(engine=sf.DeterministicEngine()).columns
     ['title', 'year', 'eu']
+    >>> plan.with_row_index("i").collect(engine=sf.DeterministicEngine()).columns
+    ['i', 'title', 'year', 'eu']
     """
 
     def __init__(self, plan: Node):
@@ -74,7 +112,7 @@ class SemLazyFrame:
 
     @property
     def plan(self) -> Node:
-        """The plan as built (before optimization)."""
+        """The logical plan as built (before optimization)."""
         return self._plan_node
 
     @property
@@ -93,10 +131,21 @@ class SemLazyFrame:
     def schema(self) -> pl.Schema:
         return self.collect_schema()
 
+    @property
+    def dtypes(self) -> list[pl.DataType]:
+        return [dtype for _, dtype in self._plan_node.schema]
+
+    @property
+    def width(self) -> int:
+        return len(self._plan_node.schema)
+
+    def lazy(self) -> SemLazyFrame:
+        return self
+
     def _then(self, node: Node) -> SemLazyFrame:
         return SemLazyFrame(node)
 
-    # ------------------------------------------------------------------ relational steps
+    # ------------------------------------------------------------------ steps the optimizer understands
 
     def filter(self, *predicates: Any, **constraints: Any) -> SemLazyFrame:
         """Keep rows where every predicate holds (like ``pl.LazyFrame.filter``)."""
@@ -123,62 +172,132 @@ class SemLazyFrame:
         flags = (descending,) * len(keys) if isinstance(descending, bool) else tuple(descending)
         return self._then(Sort(self._plan_node, keys, flags, nulls_last))
 
-    def drop(self, *columns: str | Sequence[str]) -> SemLazyFrame:
+    def drop(self, *columns: str | Sequence[str], strict: bool = True) -> SemLazyFrame:
         names: list[str] = []
         for c in columns:
             names.extend([c] if isinstance(c, str) else c)
-        return self._then(Drop(self._plan_node, tuple(names)))
+        missing = [c for c in names if c not in self.columns]
+        if missing and strict:
+            raise PlanError(f"drop: column {missing[0]!r} not found; columns are "
+                            f"{', '.join(map(repr, self.columns))}")
+        return self._then(Drop(self._plan_node, tuple(c for c in names if c in self.columns)))
 
     def rename(self, mapping: Mapping[str, str]) -> SemLazyFrame:
+        if not isinstance(mapping, Mapping):
+            return self._call_method("rename", (mapping,), {})  # a function of names: a polars step
         return self._then(Rename(self._plan_node, tuple(mapping.items())))
+
+    # ------------------------------------------------------------------ the rest of polars' API
+
+    def pipe(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """``function(self, *args, **kwargs)``, as ``pl.LazyFrame.pipe``."""
+        return function(self, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        attr = getattr(pl.LazyFrame, name, None)
+        if attr is None or not callable(attr):
+            raise AttributeError(f"'SemLazyFrame' object has no attribute {name!r} (nor has pl.LazyFrame)")
+        if name.startswith(_EAGER_PREFIXES):
+            raise AttributeError(
+                f"SemLazyFrame.{name} is not available: it would run the query outside semframe. "
+                f"Run the plan with .collect() (or .run()) and call .{name}() on the resulting DataFrame"
+            )
+
+        def method(*args: Any, **kwargs: Any) -> Any:
+            return self._call_method(name, args, kwargs)
+
+        method.__name__ = name
+        method.__doc__ = f"``pl.LazyFrame.{name}`` as a plan step (see polars' documentation)."
+        return method
+
+    def _call_method(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return _Pending(self._plan_node, ()).call(name, args, kwargs)
+
+    def __dir__(self) -> list[str]:
+        own = set(super().__dir__())
+        polars = {m for m in dir(pl.LazyFrame) if not m.startswith(("_", *_EAGER_PREFIXES))}
+        return sorted(own | polars)
+
+    # ------------------------------------------------------------------ writing results
+
+    def _sink(self, method: str, path: Any, kwargs: dict[str, Any]) -> RunResult:
+        options = _split_run_options(kwargs)
+        result = self.run(**options)
+        getattr(result.df.lazy(), method)(path, **kwargs)
+        return result
+
+    def sink_parquet(self, path: Any, **kwargs: Any) -> RunResult:
+        """Run the plan and write the result to Parquet (polars' options and run options accepted).
+
+        Returns the run's :class:`RunResult` (lineage, metrics, cost).
+        """
+        return self._sink("sink_parquet", path, kwargs)
+
+    def sink_csv(self, path: Any, **kwargs: Any) -> RunResult:
+        """Run the plan and write the result to CSV (see :meth:`sink_parquet`)."""
+        return self._sink("sink_csv", path, kwargs)
+
+    def sink_ndjson(self, path: Any, **kwargs: Any) -> RunResult:
+        """Run the plan and write the result as newline-delimited JSON (see :meth:`sink_parquet`)."""
+        return self._sink("sink_ndjson", path, kwargs)
+
+    def sink_ipc(self, path: Any, **kwargs: Any) -> RunResult:
+        """Run the plan and write the result to an Arrow IPC file (see :meth:`sink_parquet`)."""
+        return self._sink("sink_ipc", path, kwargs)
 
     # ------------------------------------------------------------------ inspection and execution
 
-    def explain(self, *, optimized: bool = True, estimate: bool = True, engine: Any = None,
-                filter_selectivity: float = 0.5) -> str:
-        """The plan as text, root first (read it bottom-up), with the rewrites named and an estimate.
+    def explain(self, *, optimized: bool = True, estimate: bool = False, engine: Any = None,
+                filter_selectivity: float = 0.5, **options: Any) -> str:
+        """The physical plan as text, root first (read it bottom-up), with the rewrites named.
 
         Parameters
         ----------
         optimized
-            Show the plan after the optimizer's rules (default) or as built.
+            Show the plan after the optimizer's rules (default), or as it runs with ``optimize=False``.
         estimate
-            Add the estimate of engine calls, tokens, time and cost (see :meth:`estimate`).
+            Add the estimate of engine calls, tokens, time and cost (see :meth:`estimate`). This
+            reads the data; without it, explain reads nothing.
         engine
             Count tokens with this engine's tokenizer (it is not asked anything). By default the
             configured engine, if one exists; the default vLLM engine is never started to explain.
         filter_selectivity
             The share of rows a semantic filter is assumed to keep in the low estimate.
+        **options
+            Planning options as for :meth:`run` (``dedupe``, ``prompt_layout``, ``cache`` ...).
 
         Examples
         --------
         >>> import polars as pl
         >>> lf = pl.DataFrame({"title": ["Waterloo", "Soup", "Waterloo"]}).lazy()
         >>> print(lf.semantic.classify("title", ["YES", "NO"], name="eu").explain())  # doctest: +ELLIPSIS
-        PLAN (optimized; rewrites: dedupe_prompts, shape_prompts)
-        SEMANTIC CLASSIFY -> eu [one of YES, NO; max_tokens=5, dedupe, shared prefix first...]
-        ...
-        ESTIMATE (before running; tokens by heuristic (~4 characters per token))
-          step 0 classify -> eu: 3 rows -> 2 engine calls; ~16 prompt + 1 output tokens per call
-        ...
+        PLAN (optimized; rewrites: none)
+        SEMANTIC CLASSIFY -> eu (step 0) [one of YES, NO; max_tokens=5, dedupe, shared prefix first, exact cache]
+            template: '{title}'
+          POLARS QUERY
+            SCAN LazyFrame [title]
         """
-        if not optimized:
-            text = "PLAN (as built)\n" + explain_mod.render(self._plan_node)
-            plan = optimize_traced(self._plan_node, RULES)[0] if estimate else None
-        else:
+        opts = RunOptions.resolve(_settings(), **{**options, "optimize": optimized})
+        if optimized:
             plan, applied = optimize_traced(self._plan_node, RULES)
-            rewrites = ", ".join(applied) if applied else "none"
-            text = f"PLAN (optimized; rewrites: {rewrites})\n" + explain_mod.render(plan)
+            head = f"PLAN (optimized; rewrites: {', '.join(applied) if applied else 'none'})"
+        else:
+            plan, head = self._plan_node, "PLAN (as built, not optimized)"
+        text = f"{head}\n{render(plan_physical(plan, opts))}"
         if not estimate:
             return text
-        est = estimate_plan(plan, existing_engine(engine), filter_selectivity=filter_selectivity)
+        est = estimate_plan(self._plan_node, existing_engine(engine), filter_selectivity=filter_selectivity,
+                            **{**options, "optimize": optimized})
         return f"{text}\n{est}"
 
-    def estimate(self, engine: Any = None, *, filter_selectivity: float = 0.5) -> PlanEstimate:
-        """Estimate engine calls, tokens, time and cost of running the optimized plan, without running it.
+    def estimate(self, engine: Any = None, *, filter_selectivity: float = 0.5, **options: Any) -> PlanEstimate:
+        """Estimate engine calls, tokens, time and cost of running the plan, without running it.
 
+        It walks the same physical operators the run executes, on the data (so it reads it).
         Tokens are counted with ``engine``'s tokenizer (or the configured engine's, if one exists);
-        otherwise at about 4 characters per token. See :mod:`semframe.accounting.estimate`.
+        otherwise at about 4 characters per token. Planning options as for :meth:`run`.
 
         Examples
         --------
@@ -188,12 +307,13 @@ class SemLazyFrame:
         >>> est.calls
         (2, 2)
         """
-        plan = optimize_traced(self._plan_node, RULES)[0]
-        return estimate_plan(plan, existing_engine(engine), filter_selectivity=filter_selectivity)
+        return estimate_plan(self._plan_node, existing_engine(engine), filter_selectivity=filter_selectivity,
+                             **options)
 
     def run(self, engine: Any = None, *, batch_size: int | None = None, cache: bool | None = None,
-            lineage: bool | None = None, optimize: bool = True, max_cost: float | None = None,
-            max_tokens: int | None = None, progress: bool | None = None) -> RunResult:
+            lineage: bool | None = None, optimize: bool | None = None, max_cost: float | None = None,
+            max_tokens: int | None = None, progress: bool | None = None, dedupe: bool | None = None,
+            prompt_layout: str | None = None) -> RunResult:
         """Run the plan and return the result with its lineage, metrics and cost.
 
         Parameters
@@ -207,7 +327,8 @@ class SemLazyFrame:
         lineage
             ``False`` skips per-cell lineage recording.
         optimize
-            ``False`` runs the plan as built (for comparisons).
+            ``False`` runs the plan as built, without the optimizer's rewrites (results are the
+            same; the engine may be asked about more rows).
         max_cost
             Stop before the local run's cost (engine seconds x the machine's hourly price) would
             exceed this many USD.
@@ -218,6 +339,10 @@ class SemLazyFrame:
         progress
             Show a progress bar (None: the ``sf.configure`` setting, which by default shows it
             only in a terminal or a notebook).
+        dedupe
+            ``False`` asks the engine once per row even for repeated requests.
+        prompt_layout
+            ``"shared_first"`` (default) or ``"inline"`` (see :mod:`semframe.physical.prompts`).
 
         Examples
         --------
@@ -227,29 +352,94 @@ class SemLazyFrame:
         >>> r.metrics.select("rows_in", "engine_requests", "dedup_hits").row(0)
         (3, 2, 1)
         """
-        return run_plan(self._plan_node, engine=engine, batch_size=batch_size, cache=cache,
-                        lineage=lineage, optimize=optimize, max_cost=max_cost, max_tokens=max_tokens,
-                        progress=progress)
+        return run_plan(self._plan_node, engine=engine, batch_size=batch_size, cache=cache, lineage=lineage,
+                        optimize=optimize, max_cost=max_cost, max_tokens=max_tokens, progress=progress,
+                        dedupe=dedupe, prompt_layout=prompt_layout)
 
     def collect(self, engine: Any = None, **options: Any) -> pl.DataFrame:
         """Run the plan and return a polars DataFrame (options as for :meth:`run`)."""
         return self.run(engine, **options).df
 
     def __repr__(self) -> str:
-        return f"<SemLazyFrame>\n{explain_mod.render(self._plan_node)}"
+        return f"<SemLazyFrame>\n{self.explain()}"
 
     def _repr_html_(self) -> str:
-        import html
-
-        plan, applied = optimize_traced(self._plan_node, RULES)
-        text = f"PLAN (optimized; rewrites: {', '.join(applied) or 'none'})\n" + explain_mod.render(plan)
-        out = f"<pre>{html.escape(text)}</pre>"
+        out = f"<pre>{html.escape(self.explain())}</pre>"
         # Estimating reads the data: do it for in-memory data only, never for a file scan on display.
-        if all(n.source.in_memory for n in walk(plan) if isinstance(n, Scan)):
-            out += estimate_plan(plan, existing_engine())._repr_html_()
+        if all(n.source.in_memory for n in walk(self._plan_node) if isinstance(n, Scan)):
+            out += self.estimate()._repr_html_()
         else:
-            out += "<p>call .explain() or .estimate() for the estimated calls, tokens and cost</p>"
+            out += "<p>call .estimate() or .explain(estimate=True) for the estimated calls, tokens and cost</p>"
         return out
+
+
+def _settings() -> Any:
+    from semframe import config
+
+    return config.settings
+
+
+class _Pending:
+    """A chain of polars method calls not yet ending in a LazyFrame (``group_by(...)`` before ``.agg``)."""
+
+    def __init__(self, base: Node, calls: tuple[Call, ...], inputs: tuple[Node, ...] = ()):
+        self._base = base
+        self._calls = calls
+        self._inputs = inputs
+
+    def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        inputs: list[Node] = list(self._inputs)
+        shift = 1  # InputRef 0 is the frame the chain starts from
+        extra: list[Node] = []
+        frozen_args = tuple(freeze(a, extra, as_plan) for a in args)
+        frozen_kwargs = tuple((k, freeze(v, extra, as_plan)) for k, v in kwargs.items())
+        if extra:
+            offset = len(inputs) + shift
+            frozen_args = tuple(_renumber(a, offset) for a in frozen_args)
+            frozen_kwargs = tuple((k, _renumber(v, offset)) for k, v in frozen_kwargs)
+            inputs.extend(extra)
+        calls = (*self._calls, Call(name, frozen_args, frozen_kwargs))
+        all_inputs = (self._base, *inputs)
+        frames = tuple(empty_frame(n.schema) for n in all_inputs)
+        obj: Any = frames[0]
+        where = ".".join(c.name for c in calls)
+        try:
+            for c in calls:
+                obj = c.apply(obj, frames)
+        except (pl.exceptions.PolarsError, TypeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PlanError(f"{where}: {first}; columns are {', '.join(map(repr, self._base.columns))}") from None
+        if isinstance(obj, pl.LazyFrame):
+            return SemLazyFrame(PolarsCall(all_inputs, calls))
+        if isinstance(obj, (pl.DataFrame, pl.Series)) or not hasattr(obj, "__class__") or isinstance(
+                obj, (int, float, str, bool, type(None))):
+            raise PlanError(f"{where} does not return a LazyFrame; run the plan with .collect() first")
+        return _Pending(self._base, calls, tuple(inputs))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def method(*args: Any, **kwargs: Any) -> Any:
+            return self.call(name, args, kwargs)
+
+        method.__name__ = name
+        return method
+
+
+def _renumber(value: Any, offset: int) -> Any:
+    """Shift the InputRefs of freshly frozen arguments past the inputs the chain already has."""
+    from semframe.plan.nodes import FrozenDict, FrozenList, InputRef
+
+    if isinstance(value, InputRef):
+        return InputRef(value.index + offset)
+    if isinstance(value, FrozenList):
+        return FrozenList(_renumber(v, offset) for v in value)
+    if isinstance(value, FrozenDict):
+        return FrozenDict((k, _renumber(v, offset)) for k, v in value)
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_renumber(v, offset) for v in value)
+    return value
 
 
 class LazyVerbs(SemanticVerbs):

@@ -13,9 +13,10 @@ import pandas as pd
 import polars as pl
 
 from semframe.errors import PlanError
-from semframe.execution.run import run_plan
+from semframe.physical.executor import run_plan
 from semframe.frontends.verbs import SemanticVerbs
-from semframe.plan.nodes import Node, Scan, SemanticStep, Source
+from semframe.plan.nodes import Node, Scan, Source
+from semframe.plan.semantic import SemanticStep
 
 
 @pd.api.extensions.register_dataframe_accessor("semantic")
@@ -47,7 +48,7 @@ class PandasSemanticAccessor(SemanticVerbs):
             data = pl.from_pandas(pdf[used].reset_index(drop=True))
         except Exception as exc:  # pyarrow/polars conversion errors vary by dtype
             raise PlanError(f"semantic.{node.operator}: cannot read column(s) {used} from pandas: {exc}") from exc
-        node = node.with_child(Scan(Source.from_data(data, "pandas DataFrame")))
+        node = node.with_children((Scan(Source.from_data(data, "pandas DataFrame")),))
         result = run_plan(node, **run_options)
         positions = result.row_ids.to_numpy()
         out = pdf.iloc[positions].copy()

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from semframe.errors import PlanError
-from semframe.plan.nodes import Node, SemClassify, SemExtract, SemFilter, SemMap
+from semframe.plan.nodes import Node
+from semframe.plan.semantic import SemClassify, SemExtract, SemFilter, SemMap
 from semframe.plan.spec import ChoiceSpec, JsonSpec, TextSpec
 from semframe.plan.template import Template
 

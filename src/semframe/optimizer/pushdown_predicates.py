@@ -1,11 +1,16 @@
-"""Move relational filters below semantic steps, so the engine never sees rows they drop.
+"""Move relational filters below the steps that cannot change their answer.
 
-A filter moves below a semantic step when it does not read the step's output column, and
-either the step keeps every row (classify, extract, map) or the filter's predicate is
-elementwise (a semantic filter changes which rows exist, so ``x > mean(x)`` must stay above
-it). It also moves through the relational steps that cannot change its answer (column
-projections, drops, elementwise ``with_columns`` that it does not read, sorts), to reach
-semantic steps further down.
+A filter moves below a node with one input when the columns it reads pass through that node
+unchanged (:attr:`Node.unchanged`), and
+
+- the node keeps every row in order and is elementwise (``rows == "aligned"``: classify,
+  extract, map, projections, elementwise ``with_columns``) -- any predicate; or
+- the node keeps or reorders rows one by one (``rows`` ``"subset"`` or ``"permutation"``: a
+  semantic filter, a sort) and the predicate is elementwise (``x > mean(x)`` must stay above a
+  step that changes which rows exist).
+
+So the engine never sees a row the filter drops. Nothing moves through a head, a join, an
+aggregate or any polars method semframe does not know.
 
 Example::
 
@@ -16,7 +21,8 @@ Example::
 
 from __future__ import annotations
 
-from semframe.plan.nodes import push_down, Drop, Filter, Node, Select, SemanticStep, Sort, WithColumns
+from semframe.plan.expr import reads
+from semframe.plan.nodes import Filter, Node, push_down
 
 
 def pushdown_predicates(plan: Node) -> Node:
@@ -25,22 +31,15 @@ def pushdown_predicates(plan: Node) -> Node:
 
 def _push(node: Filter) -> Node | None:
     """``Filter(X(child))`` -> ``X(Filter(child))`` where that gives the same rows; else None."""
-    pred = node.predicate
     below = node.child
-    if pred.selects_all:
-        return None
-    if isinstance(below, SemanticStep):
-        if below.name in pred.root_names:
-            return None
-        if not (below.row_preserving or pred.is_elementwise):
-            return None
-    elif isinstance(below, (Drop, Sort)) or (isinstance(below, Select) and below.is_projection):
-        if isinstance(below, Sort) and not pred.is_elementwise:
-            return None
-    elif isinstance(below, WithColumns):
-        outputs = {e.expr.meta.output_name(raise_if_undetermined=False) for e in below.exprs}
-        if not below.is_elementwise or None in outputs or outputs & pred.root_names:
+    read = reads(node.expressions)
+    if read is None or isinstance(below, Filter) or len(below.children) != 1 or not read <= below.unchanged:
+        return None  # (two filters in a row stay in their order: swapping them would never end)
+    if below.rows == "aligned" and below.elementwise:
+        pass
+    elif below.rows == "subset" and below.elementwise or below.rows == "permutation":
+        if not node.predicate.is_elementwise:
             return None
     else:
         return None
-    return below.with_child(Filter(below.child, pred))  # type: ignore[attr-defined]
+    return below.with_children((Filter(below.children[0], node.predicate),))

@@ -1,19 +1,19 @@
-"""Render a plan as text: the root first, each child indented below it (read bottom-up)."""
+"""Render a logical plan as text: the root first, each child indented below it (read bottom-up)."""
 
 from __future__ import annotations
 
-from semframe.plan.nodes import Node, SemanticStep
+from semframe.plan.nodes import Node
 
 
 def render(plan: Node, indent: str = "  ") -> str:
     lines: list[str] = []
-    node: Node | None = plan
-    depth = 0
-    while node is not None:
+
+    def visit(node: Node, depth: int) -> None:
         pad = indent * depth
         lines.append(pad + node.describe())
-        if isinstance(node, SemanticStep):
-            lines.extend(pad + indent + "  " + detail for detail in node.detail_lines())
-        node = node.children[0] if node.children else None
-        depth += 1
+        lines.extend(pad + indent + "  " + detail for detail in node.detail_lines())
+        for child in node.children:
+            visit(child, depth + 1)
+
+    visit(plan, 0)
     return "\n".join(lines)

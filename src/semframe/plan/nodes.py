@@ -1,140 +1,59 @@
-"""Plan nodes: small immutable dataclasses that hash by structure.
+"""Plan nodes: small immutable dataclasses that hash by structure, with any number of children.
 
-A plan is a tree of nodes rooted at its last step; every node but :class:`Scan` has one child.
-Each node checks its invariants and computes its output schema when it is constructed, so an
-unknown column or a name clash is an error while the plan is built, before any engine call.
+A plan is a tree rooted at its last step. A node's children are derived from its fields (a
+field holding a :class:`Node`, or a tuple of them, is a child; as ibis derives them), so
+traversal, rewriting and explain work for any arity without per-node code. Each node checks its
+invariants and computes its output schema when it is constructed, so an unknown column or a
+name clash is an error while the plan is built, before any engine call.
 
-Relational nodes wrap polars expressions (:class:`PlExpr`, compared by their serialized form)
-and run on polars; semantic nodes (:class:`SemanticStep` and subclasses) describe one LLM
-operator: its prompt template, instruction, output spec and output column.
+Optimizer rules read a node's *properties* rather than its type:
+
+``rows``
+    How output rows relate to input rows: ``"aligned"`` (one output row per input row, in
+    order), ``"subset"`` (some input rows, in order, chosen row by row), ``"prefix"`` (the first
+    n rows), ``"permutation"`` (every row, reordered) or ``"other"`` (anything else: a barrier).
+``elementwise``
+    The node gives the same result on any split of its input into batches, concatenated.
+``unchanged``
+    The output columns that hold exactly the same-named input column's values (row for row
+    under ``rows``): a filter on them means the same above and below the node.
+``produces``
+    The columns the node writes (new or overwritten).
+``columns_needed(needed)``
+    Given the columns needed from the node's output, the columns needed from each child.
+
+A new node declares these and needs no edit to any rule.
 """
 
 from __future__ import annotations
 
-import io
-import json
-from dataclasses import dataclass, field, replace
-from functools import cached_property
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 import polars as pl
 
 from semframe.errors import PlanError
-from semframe.plan.spec import ChoiceSpec, JsonSpec, OutputSpec, TextSpec
-from semframe.plan.template import Template
+from semframe.plan.expr import PlExpr, output_names, reads
 
-#: Column semframe adds at the scan to identify input rows (lineage); never visible to users.
-ROW_ID = "__sf_row_id"
+#: Prefix of the columns semframe uses internally; user columns may not start with it.
 RESERVED_PREFIX = "__sf_"
 
 Schema = tuple[tuple[str, pl.DataType], ...]
+Needed = frozenset[str] | None  # None: every column
 
 
 def _schema_of(lf: pl.LazyFrame) -> Schema:
     return tuple(lf.collect_schema().items())
 
 
-def _empty(schema: Schema) -> pl.LazyFrame:
+def empty_frame(schema: Schema) -> pl.LazyFrame:
+    """A LazyFrame with no rows and the given schema (what schemas are computed on)."""
     return pl.LazyFrame(schema=dict(schema))
 
 
-@dataclass(frozen=True, eq=False)
-class PlExpr:
-    """A polars expression that compares and hashes by structure."""
-
-    expr: pl.Expr
-
-    @cached_property
-    def _key(self) -> bytes:
-        return self.expr.meta.serialize()
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PlExpr) and self._key == other._key
-
-    def __hash__(self) -> int:
-        return hash(self._key)
-
-    def __str__(self) -> str:
-        return str(self.expr)
-
-    @cached_property
-    def root_names(self) -> frozenset[str]:
-        return frozenset(self.expr.meta.root_names())
-
-    @cached_property
-    def selects_all(self) -> bool:
-        """True if a wildcard, regex or selector appears anywhere in it: the columns it reads are not named.
-
-        This covers ``pl.col("a", "b")``, ``pl.first()``, ``pl.exclude(...)`` and
-        ``pl.sum_horizontal(cs.numeric())`` too: polars expands them against the frame's schema.
-        """
-        meta = self.expr.meta
-        return meta.has_multiple_outputs() or meta.is_regex_projection()
-
-    @cached_property
-    def is_elementwise(self) -> bool:
-        """True if each output row depends only on the same input row.
-
-        Such an expression gives the same answer on any split of the rows into batches, so it
-        can run per batch and commute with row-removing steps. Conservative: polars'
-        ``is_row_separable`` holds for every sub-expression (polars only looks at the top node:
-        it calls ``cum_sum() < 5`` separable), there is no aggregation, length or window
-        anywhere in the tree, and anything polars cannot analyse (selectors, Python UDFs) is
-        not elementwise.
-        """
-        if self.selects_all:
-            return False  # polars cannot analyse an expression before expanding it (it raises)
-        try:
-            tree = json.loads(self.expr.meta.serialize(format="json"))
-        except (pl.exceptions.PolarsError, ValueError, TypeError):
-            return False
-        if _contains_key(tree, {"Agg", "Len", "Over", "Window", "Rolling"}):
-            return False
-        return all(_row_separable(sub) for sub in _subexpressions(tree))
-
-    @classmethod
-    def of(cls, value: Any, where: str) -> PlExpr:
-        if isinstance(value, str):
-            return cls(pl.col(value))
-        if isinstance(value, pl.Expr):
-            return cls(value)
-        raise PlanError(f"{where}: expected a column name or a polars expression, got {type(value).__name__}")
-
-    def __reduce__(self):  # pickle via polars' own serialization (for Ray and subprocesses)
-        return (_plexpr_from_bytes, (self._key,))
-
-
-def _plexpr_from_bytes(blob: bytes) -> PlExpr:
-    return PlExpr(pl.Expr.deserialize(io.BytesIO(blob)))
-
-
-def _subexpressions(tree: Any):
-    """Every node of a serialized expression tree that is itself an expression (as pl.Expr)."""
-    if isinstance(tree, dict):
-        try:
-            yield pl.Expr.deserialize(io.StringIO(json.dumps(tree)), format="json")
-        except (Exception, pl.exceptions.PanicException):  # not an expression (options, values)
-            pass
-        for value in tree.values():
-            yield from _subexpressions(value)
-    elif isinstance(tree, list):
-        for value in tree:
-            yield from _subexpressions(value)
-
-
-def _row_separable(expr: pl.Expr) -> bool:
-    try:
-        return expr.meta.is_row_separable()
-    except (Exception, pl.exceptions.PanicException):  # polars cannot analyse it: not elementwise
-        return False
-
-
-def _contains_key(tree: Any, keys: set[str]) -> bool:
-    if isinstance(tree, dict):
-        return any(k in keys or _contains_key(v, keys) for k, v in tree.items())
-    if isinstance(tree, list):
-        return any(_contains_key(v, keys) for v in tree)
-    return tree in keys if isinstance(tree, str) else False
+def union_needed(a: Needed, b: Needed) -> Needed:
+    return None if a is None or b is None else a | b
 
 
 @dataclass(frozen=True)
@@ -145,6 +64,8 @@ class Node:
 
     #: Label in explain().
     label: ClassVar[str] = "NODE"
+    #: How output rows relate to input rows (see the module docstring).
+    rows: ClassVar[str] = "other"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "schema", self._compute_schema())
@@ -152,21 +73,78 @@ class Node:
     def _compute_schema(self) -> Schema:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ structure
+
     @property
     def columns(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.schema)
 
+    def _child_fields(self) -> Iterator[tuple[str, Any]]:
+        for f in fields(self):
+            if not f.init:
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, Node) or (isinstance(value, tuple) and value
+                                           and all(isinstance(v, Node) for v in value)):
+                yield f.name, value
+
     @property
     def children(self) -> tuple[Node, ...]:
-        child = getattr(self, "child", None)
-        return () if child is None else (child,)
+        out: list[Node] = []
+        for _, value in self._child_fields():
+            out.extend(value if isinstance(value, tuple) else (value,))
+        return tuple(out)
 
-    def with_child(self, child: Node) -> Node:
-        return replace(self, child=child)
+    def with_children(self, children: tuple[Node, ...] | list[Node]) -> Node:
+        """The same node over new children (in :attr:`children` order)."""
+        children = tuple(children)
+        updates: dict[str, Any] = {}
+        pos = 0
+        for name, value in self._child_fields():
+            if isinstance(value, tuple):
+                updates[name] = children[pos:pos + len(value)]
+                pos += len(value)
+            else:
+                updates[name] = children[pos]
+                pos += 1
+        if pos != len(children):
+            raise ValueError(f"{type(self).__name__} has {pos} children, got {len(children)}")
+        if all(updates[k] is getattr(self, k) for k in updates):
+            return self
+        return replace(self, **updates)
+
+    # ------------------------------------------------------------------ properties read by rules
+
+    @property
+    def elementwise(self) -> bool:
+        return False
+
+    @property
+    def unchanged(self) -> frozenset[str]:
+        return frozenset()
+
+    @property
+    def produces(self) -> frozenset[str] | None:
+        """Columns written; None when that is only known from the data's schema."""
+        return None
+
+    def columns_needed(self, needed: Needed) -> tuple[Needed, ...]:
+        return tuple(None for _ in self.children)
+
+    @property
+    def removable_if_unread(self) -> bool:
+        """True if the node may be dropped when nothing above reads what it produces."""
+        return False
+
+    # ------------------------------------------------------------------ display
 
     def describe(self) -> str:
         """One line for explain()."""
         return self.label
+
+    def detail_lines(self) -> list[str]:
+        """Further lines shown under :meth:`describe` (templates, instructions)."""
+        return []
 
 
 # --------------------------------------------------------------------------- sources
@@ -214,6 +192,11 @@ class Scan(Node):
             return full
         return tuple((name, dtype) for name, dtype in full if name in self.columns_read)
 
+    def frame(self) -> pl.LazyFrame:
+        """The source as read: only ``columns_read`` when set."""
+        lf = self.source.frame
+        return lf if self.columns_read is None else lf.select(list(self.columns_read))
+
     def describe(self) -> str:
         cols = ", ".join(self.columns)
         read = "" if self.columns_read is None else f" (projected {len(self.columns)} columns)"
@@ -225,12 +208,9 @@ class Scan(Node):
 
 @dataclass(frozen=True)
 class Relational(Node):
-    """A step polars runs. Subclasses implement :meth:`apply` on a LazyFrame."""
+    """A step polars runs over its children's frames: :meth:`apply` builds the polars query."""
 
-    #: Whether every input row yields exactly one output row, in order.
-    row_preserving: ClassVar[bool] = True
-
-    def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:  # pragma: no cover - abstract
+    def apply(self, *inputs: pl.LazyFrame) -> pl.LazyFrame:  # pragma: no cover - abstract
         raise NotImplementedError
 
     @property
@@ -239,19 +219,23 @@ class Relational(Node):
         return ()
 
     @property
-    def is_elementwise(self) -> bool:
-        """True if the step gives the same result on any split of its input into batches."""
-        return False
+    def expands_schema(self) -> bool:
+        """True if an expression expands against the schema (``pl.all()``, selectors)."""
+        return any(e.selects_all for e in self.expressions)
 
     def _compute_schema(self) -> Schema:
-        child: Node = self.child  # type: ignore[attr-defined]
+        children = self.children
         try:
-            return _schema_of(self.apply(_empty(child.schema)))
+            return _schema_of(self.apply(*(empty_frame(c.schema) for c in children)))
         except pl.exceptions.PolarsError as exc:
             first = str(exc).strip().splitlines()[0]
-            raise PlanError(
-                f"{self.label.lower()}: {first}; columns are {', '.join(map(repr, child.columns))}"
-            ) from None
+            cols = ", ".join(map(repr, children[0].columns)) if children else ""
+            raise PlanError(f"{self.where}: {first}; columns are {cols}") from None
+
+    @property
+    def where(self) -> str:
+        """How errors name the step."""
+        return self.label.lower()
 
 
 @dataclass(frozen=True)
@@ -259,7 +243,7 @@ class Filter(Relational):
     child: Node
     predicate: PlExpr
     label: ClassVar[str] = "FILTER"
-    row_preserving: ClassVar[bool] = False
+    rows: ClassVar[str] = "subset"
 
     @property
     def expressions(self) -> tuple[PlExpr, ...]:
@@ -269,8 +253,19 @@ class Filter(Relational):
         return lf.filter(self.predicate.expr)
 
     @property
-    def is_elementwise(self) -> bool:
+    def elementwise(self) -> bool:
         return self.predicate.is_elementwise
+
+    @property
+    def unchanged(self) -> frozenset[str]:
+        return frozenset(self.child.columns)
+
+    @property
+    def produces(self) -> frozenset[str]:
+        return frozenset()
+
+    def columns_needed(self, needed: Needed) -> tuple[Needed, ...]:
+        return (union_needed(needed, reads(self.expressions)),)
 
     def describe(self) -> str:
         return f"FILTER {self.predicate}"
@@ -283,6 +278,10 @@ class Select(Relational):
     label: ClassVar[str] = "SELECT"
 
     @property
+    def rows(self) -> str:  # type: ignore[override]
+        return "aligned" if self.elementwise else "other"
+
+    @property
     def expressions(self) -> tuple[PlExpr, ...]:
         return self.exprs
 
@@ -290,7 +289,7 @@ class Select(Relational):
         return lf.select([e.expr for e in self.exprs])
 
     @property
-    def is_elementwise(self) -> bool:
+    def elementwise(self) -> bool:
         # A select of literals alone is one row however many rows come in, not one per batch.
         return all(e.is_elementwise for e in self.exprs) and any(e.root_names for e in self.exprs)
 
@@ -298,6 +297,17 @@ class Select(Relational):
     def is_projection(self) -> bool:
         """True if it only picks columns by name (no computation, no renaming)."""
         return all(e.expr.meta.is_column() for e in self.exprs)
+
+    @property
+    def unchanged(self) -> frozenset[str]:
+        return frozenset(e.expr.meta.output_name() for e in self.exprs if e.expr.meta.is_column())
+
+    @property
+    def produces(self) -> frozenset[str] | None:
+        return output_names(self.exprs)
+
+    def columns_needed(self, needed: Needed) -> tuple[Needed, ...]:
+        return (reads(self.exprs),)
 
     def describe(self) -> str:
         return "SELECT [" + ", ".join(map(str, self.exprs)) + "]"
@@ -308,6 +318,7 @@ class WithColumns(Relational):
     child: Node
     exprs: tuple[PlExpr, ...]
     label: ClassVar[str] = "WITH_COLUMNS"
+    rows: ClassVar[str] = "aligned"
 
     @property
     def expressions(self) -> tuple[PlExpr, ...]:
@@ -317,8 +328,23 @@ class WithColumns(Relational):
         return lf.with_columns([e.expr for e in self.exprs])
 
     @property
-    def is_elementwise(self) -> bool:
+    def elementwise(self) -> bool:
         return all(e.is_elementwise for e in self.exprs)
+
+    @property
+    def produces(self) -> frozenset[str] | None:
+        return output_names(self.exprs)
+
+    @property
+    def unchanged(self) -> frozenset[str]:
+        written = self.produces
+        return frozenset() if written is None else frozenset(self.child.columns) - written
+
+    def columns_needed(self, needed: Needed) -> tuple[Needed, ...]:
+        written = self.produces
+        if needed is None or written is None:
+            return (None,)
+        return (union_needed(needed - written, reads(self.exprs)),)
 
     def describe(self) -> str:
         return "WITH_COLUMNS [" + ", ".join(map(str, self.exprs)) + "]"
@@ -329,7 +355,7 @@ class Head(Relational):
     child: Node
     n: int
     label: ClassVar[str] = "HEAD"
-    row_preserving: ClassVar[bool] = False
+    rows: ClassVar[str] = "prefix"
 
     def __post_init__(self) -> None:
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 0:
@@ -338,6 +364,17 @@ class Head(Relational):
 
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:
         return lf.head(self.n)
+
+    @property
+    def unchanged(self) -> frozenset[str]:
+        return frozenset(self.child.columns)
+
+    @property
+    def produces(self) -> frozenset[str]:
+        return frozenset()
+
+    def columns_needed(self, needed: Needed) -> tuple[Needed, ...]:
+        return (needed,)
 
     def describe(self) -> str:
         return f"HEAD {self.n}"
@@ -350,7 +387,7 @@ class Sort(Relational):
     descending: tuple[bool, ...]
     nulls_last: bool = False
     label: ClassVar[str] = "SORT"
-    row_preserving: ClassVar[bool] = False  # it keeps the rows but not their order
+    rows: ClassVar[str] = "permutation"
 
     def __post_init__(self) -> None:
         if not self.by:
@@ -367,6 +404,17 @@ class Sort(Relational):
         return lf.sort([e.expr for e in self.by], descending=list(self.descending),
                        nulls_last=self.nulls_last, maintain_order=True)
 
+    @property
+    def unchanged(self) -> frozenset[str]:
+        return frozenset(self.child.columns)
+
+    @property
+    def produces(self) -> frozenset[str]:
+        return frozenset()
+
+    def columns_needed(self, needed: Needed) -> tuple[Needed, ...]:
+        return (union_needed(needed, reads(self.by)),)
+
     def describe(self) -> str:
         keys = ", ".join(f"{e}{' desc' if d else ''}" for e, d in zip(self.by, self.descending))
         return f"SORT BY [{keys}]"
@@ -374,16 +422,31 @@ class Sort(Relational):
 
 @dataclass(frozen=True)
 class Drop(Relational):
+    """Drop columns. A column already pruned below (projection pushdown) is simply absent."""
+
     child: Node
     names: tuple[str, ...]
     label: ClassVar[str] = "DROP"
+    rows: ClassVar[str] = "aligned"
 
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:
-        return lf.drop(list(self.names))
+        return lf.drop(list(self.names), strict=False)
 
     @property
-    def is_elementwise(self) -> bool:
+    def elementwise(self) -> bool:
         return True
+
+    @property
+    def unchanged(self) -> frozenset[str]:
+        return frozenset(self.columns)
+
+    @property
+    def produces(self) -> frozenset[str]:
+        return frozenset()
+
+    def columns_needed(self, needed: Needed) -> tuple[Needed, ...]:
+        # The dropped columns need not be read at all.
+        return (frozenset(self.columns) if needed is None else needed,)
 
     def describe(self) -> str:
         return "DROP [" + ", ".join(self.names) + "]"
@@ -394,6 +457,7 @@ class Rename(Relational):
     child: Node
     mapping: tuple[tuple[str, str], ...]
     label: ClassVar[str] = "RENAME"
+    rows: ClassVar[str] = "aligned"
 
     def __post_init__(self) -> None:
         bad = [new for _, new in self.mapping if new.startswith(RESERVED_PREFIX)]
@@ -405,185 +469,219 @@ class Rename(Relational):
         return lf.rename(dict(self.mapping))
 
     @property
-    def is_elementwise(self) -> bool:
+    def elementwise(self) -> bool:
         return True
+
+    @property
+    def unchanged(self) -> frozenset[str]:
+        touched = {a for a, _ in self.mapping} | {b for _, b in self.mapping}
+        return frozenset(self.columns) - touched
+
+    @property
+    def produces(self) -> frozenset[str]:
+        return frozenset(b for _, b in self.mapping)
+
+    def columns_needed(self, needed: Needed) -> tuple[Needed, ...]:
+        # Every renamed column must exist below (polars refuses to rename a missing one),
+        # whether or not anything above reads it.
+        back = {new: old for old, new in self.mapping}
+        if needed is None:
+            return (None,)
+        return (frozenset(back.get(c, c) for c in needed) | set(back.values()),)
 
     def describe(self) -> str:
         return "RENAME [" + ", ".join(f"{a} -> {b}" for a, b in self.mapping) + "]"
 
 
-# --------------------------------------------------------------------------- semantic
+# --------------------------------------------------------------------------- any polars method
 
 
 @dataclass(frozen=True)
-class SemanticStep(Node):
-    """One LLM operator over the rows of its child.
+class InputRef:
+    """Stands, inside a :class:`PolarsCall`'s arguments, for the frame of its ``index``-th input."""
 
-    Parameters
-    ----------
-    child
-        The input.
-    template
-        The per-row text (``{column}`` references).
-    instruction
-        The fixed text shared by every row; goes first in the prompt.
-    spec
-        What the answer must look like.
-    name
-        The output column (None for ``filter``).
-    max_tokens
-        The most tokens the engine may produce per row (default: from the spec).
-    temperature
-        Sampling temperature; 0 is greedy.
-    dedupe
-        Ask the engine each distinct request once (set by the optimizer's ``dedupe_prompts``).
-    layout
-        ``"shared_first"`` puts the instruction before the row's text in a system message
-        (set by the optimizer's ``shape_prompts``, so the engine's prefix cache can reuse it);
-        ``"inline"`` sends one user message with the row's text first.
+    index: int
+
+
+class FrozenList(tuple):
+    """A list argument, frozen (hashable) inside a plan node; given back to polars as a list."""
+
+
+class FrozenDict(tuple):
+    """A dict argument, frozen as sorted items; given back to polars as a dict."""
+
+
+@dataclass(frozen=True, eq=False)
+class Opaque:
+    """An argument with no structure to compare (a function): equal only to itself."""
+
+    value: Any
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Opaque) and other.value is self.value
+
+    def __hash__(self) -> int:
+        return id(self.value)
+
+    def __repr__(self) -> str:
+        return getattr(self.value, "__name__", type(self.value).__name__)
+
+
+def freeze(value: Any, inputs: list[Any], as_input: Any) -> Any:
+    """An argument as it is kept in a node: expressions by structure, frames as :class:`InputRef`.
+
+    ``as_input(value)`` returns the plan of a frame-like value (or None if it is not one); each
+    new one is appended to ``inputs``.
+    """
+    if isinstance(value, pl.Expr):
+        return PlExpr(value)
+    plan = as_input(value)
+    if plan is not None:
+        inputs.append(plan)
+        return InputRef(len(inputs) - 1)
+    if isinstance(value, list):
+        return FrozenList(freeze(v, inputs, as_input) for v in value)
+    if isinstance(value, tuple):
+        return tuple(freeze(v, inputs, as_input) for v in value)
+    if isinstance(value, dict):
+        return FrozenDict(sorted(((k, freeze(v, inputs, as_input)) for k, v in value.items()),
+                                 key=lambda kv: repr(kv[0])))
+    try:
+        hash(value)
+    except TypeError:
+        return Opaque(value)
+    if callable(value) and not isinstance(value, (type, pl.DataType)):
+        return Opaque(value)
+    return value
+
+
+def thaw(value: Any, frames: tuple[pl.LazyFrame, ...]) -> Any:
+    """The polars argument for a frozen one, with each :class:`InputRef` replaced by its frame."""
+    if isinstance(value, PlExpr):
+        return value.expr
+    if isinstance(value, InputRef):
+        return frames[value.index]
+    if isinstance(value, Opaque):
+        return value.value
+    if isinstance(value, FrozenList):
+        return [thaw(v, frames) for v in value]
+    if isinstance(value, FrozenDict):
+        return {k: thaw(v, frames) for k, v in value}
+    if isinstance(value, tuple):
+        return tuple(thaw(v, frames) for v in value)
+    return value
+
+
+def frozen_exprs(value: Any) -> Iterator[PlExpr]:
+    """Every expression inside a frozen argument."""
+    if isinstance(value, PlExpr):
+        yield value
+    elif isinstance(value, tuple):  # FrozenList, FrozenDict items, plain tuples
+        for v in value:
+            yield from frozen_exprs(v)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One polars method call: ``name(*args, **kwargs)`` with frozen arguments."""
+
+    name: str
+    args: tuple[Any, ...] = ()
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def apply(self, obj: Any, frames: tuple[pl.LazyFrame, ...]) -> Any:
+        args = [thaw(a, frames) for a in self.args]
+        kwargs = {k: thaw(v, frames) for k, v in self.kwargs}
+        return getattr(obj, self.name)(*args, **kwargs)
+
+    def __str__(self) -> str:
+        parts = [_show(a) for a in self.args] + [f"{k}={_show(v)}" for k, v in self.kwargs]
+        return f"{self.name}({', '.join(parts)})"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, InputRef):
+        return f"<input {value.index}>"
+    if isinstance(value, FrozenList):
+        return "[" + ", ".join(map(_show, value)) + "]"
+    if isinstance(value, FrozenDict):
+        return "{" + ", ".join(f"{k!r}: {_show(v)}" for k, v in value) + "}"
+    if isinstance(value, PlExpr):
+        return str(value)
+    return repr(value)
+
+
+@dataclass(frozen=True)
+class PolarsCall(Relational):
+    """Any polars LazyFrame method (or chain, such as ``group_by(...).agg(...)``) as a plan step.
+
+    ``inputs[0]`` is the frame the method is called on; frames passed as arguments (the other
+    side of a join) are further inputs, referred to by :class:`InputRef` in ``calls``. The
+    optimizer does not look inside: it is a barrier that rules move nothing through (unless a
+    method is known, see :attr:`rows`). How row ids travel through it is the executor's
+    business (:mod:`semframe.execution.provenance`).
     """
 
-    child: Node
-    template: Template
-    instruction: str | None
-    spec: OutputSpec
-    name: str | None
-    max_tokens: int | None = None
-    temperature: float = 0.0
-    dedupe: bool = False
-    layout: str = "inline"
-    cache: bool | None = None
-    semantic_cache: float | None = None
-
-    operator: ClassVar[str] = "semantic"
-    row_preserving: ClassVar[bool] = True
+    inputs: tuple[Node, ...]
+    calls: tuple[Call, ...]
+    label: ClassVar[str] = "POLARS"
 
     def __post_init__(self) -> None:
-        where = f"semantic.{self.operator}"
-        self.template.check_columns(self.child.columns, where)
-        if self.instruction is not None and not isinstance(self.instruction, str):
-            raise PlanError(f"{where}: instruction must be a string, got {type(self.instruction).__name__}")
-        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
-            raise PlanError(f"{where}: max_tokens must be a positive integer, got {self.max_tokens!r}")
-        if not 0.0 <= self.temperature <= 2.0:
-            raise PlanError(f"{where}: temperature must be between 0 and 2, got {self.temperature}")
-        if self.layout not in ("inline", "shared_first"):
-            raise PlanError(f"{where}: layout must be 'inline' or 'shared_first', got {self.layout!r}")
-        if self.semantic_cache is not None and not 0.0 < self.semantic_cache <= 1.0:
-            raise PlanError(f"{where}: semantic_cache threshold must be in (0, 1], got {self.semantic_cache}")
-        if self.name is not None:
-            if not isinstance(self.name, str) or not self.name:
-                raise PlanError(f"{where}: name must be a non-empty string, got {self.name!r}")
-            if self.name.startswith(RESERVED_PREFIX):
-                raise PlanError(f"{where}: name {self.name!r} uses the reserved prefix {RESERVED_PREFIX!r}")
-            if self.name in self.child.columns:
-                raise PlanError(
-                    f"{where}: output column {self.name!r} already exists; pass name='...' "
-                    f"with a new name (columns are {', '.join(map(repr, self.child.columns))})"
-                )
+        if not self.inputs or not self.calls:
+            raise PlanError("a polars step needs an input and a method")
         super().__post_init__()
 
     @property
-    def output_dtype(self) -> pl.DataType:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def method(self) -> str:
+        return ".".join(c.name for c in self.calls)
 
     @property
-    def effective_max_tokens(self) -> int:
-        return self.max_tokens if self.max_tokens is not None else self.spec.default_max_tokens()
+    def where(self) -> str:
+        return self.method
 
-    def _compute_schema(self) -> Schema:
-        return self.child.schema + ((self.name, self.output_dtype),)
+    @property
+    def expressions(self) -> tuple[PlExpr, ...]:
+        out: list[PlExpr] = []
+        for call in self.calls:
+            for a in (*call.args, *(v for _, v in call.kwargs)):
+                out.extend(frozen_exprs(a))
+        return tuple(out)
+
+    def apply(self, *frames: pl.LazyFrame) -> pl.LazyFrame:
+        obj: Any = frames[0]
+        for call in self.calls:
+            obj = call.apply(obj, frames)
+        if not isinstance(obj, pl.LazyFrame):
+            raise PlanError(f"{self.method} does not return a LazyFrame")
+        return obj
 
     def describe(self) -> str:
-        out = f" -> {self.name}" if self.name else ""
-        flags = [f"max_tokens={self.effective_max_tokens}"]
-        if self.dedupe:
-            flags.append("dedupe")
-        if self.layout == "shared_first":
-            flags.append("shared prefix first")
-        from semframe.config import settings  # sf.configure(cache=False) turns it off for every run
-
-        if self.cache is False or not settings.cache:
-            flags.append("exact cache off")
-        else:
-            flags.append("exact cache")
-        if self.semantic_cache is not None:
-            flags.append(f"semantic cache >= {self.semantic_cache:g}")
-        return f"SEMANTIC {self.operator.upper()}{out} [{self.spec.describe()}; {', '.join(flags)}]"
-
-    def detail_lines(self) -> list[str]:
-        lines = [f"template: {self.template.source!r}"]
-        if self.instruction:
-            lines.append(f"instruction: {self.instruction!r}")
-        return lines
-
-
-@dataclass(frozen=True)
-class SemClassify(SemanticStep):
-    operator: ClassVar[str] = "classify"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.spec, ChoiceSpec):
-            raise PlanError("semantic.classify needs a ChoiceSpec")
-        super().__post_init__()
-
-    @property
-    def output_dtype(self) -> pl.DataType:
-        return pl.String()
-
-
-@dataclass(frozen=True)
-class SemFilter(SemanticStep):
-    """Keep the rows the model answers YES for. Adds no column."""
-
-    operator: ClassVar[str] = "filter"
-    row_preserving: ClassVar[bool] = False
-
-    def __post_init__(self) -> None:
-        if self.spec != ChoiceSpec(("YES", "NO")):
-            raise PlanError("semantic.filter answers YES or NO")
-        super().__post_init__()
-
-    def _compute_schema(self) -> Schema:
-        return self.child.schema
-
-
-@dataclass(frozen=True)
-class SemExtract(SemanticStep):
-    operator: ClassVar[str] = "extract"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.spec, JsonSpec):
-            raise PlanError("semantic.extract needs a JsonSpec")
-        super().__post_init__()
-
-    @property
-    def output_dtype(self) -> pl.DataType:
-        return self.spec.polars_dtype()  # type: ignore[attr-defined]
-
-
-@dataclass(frozen=True)
-class SemMap(SemanticStep):
-    operator: ClassVar[str] = "map"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.spec, TextSpec):
-            raise PlanError("semantic.map needs a TextSpec")
-        super().__post_init__()
-
-    @property
-    def output_dtype(self) -> pl.DataType:
-        return pl.String()
+        return "POLARS ." + ".".join(map(str, self.calls))
 
 
 # --------------------------------------------------------------------------- traversal
 
 
-def walk(node: Node):
-    """Yield ``node`` and its descendants, root first."""
+def walk(node: Node) -> Iterator[Node]:
+    """Yield ``node`` and its descendants, root first (depth first, children in order)."""
     yield node
     for child in node.children:
         yield from walk(child)
+
+
+def walk_up(node: Node) -> Iterator[Node]:
+    """Yield the nodes in execution order: children (left to right) before their parent."""
+    for child in node.children:
+        yield from walk_up(child)
+    yield node
+
+
+def transform_up(node: Node, fn) -> Node:
+    """Rebuild the tree bottom-up, replacing each node by ``fn(node)`` (children first)."""
+    children = node.children
+    if children:
+        node = node.with_children([transform_up(c, fn) for c in children])
+    return fn(node)
 
 
 def push_down(plan: Node, kind: type[Node], push) -> Node:
@@ -592,21 +690,11 @@ def push_down(plan: Node, kind: type[Node], push) -> Node:
     ``push`` returns the rewritten subtree, or None where the node cannot move; a node that
     moved is pushed again from its new place, so it sinks as far as it can.
     """
-    children = plan.children
-    if not children:
-        return plan
-    if isinstance(plan, kind):
+    if isinstance(plan, kind) and plan.children:
         pushed = push(plan)
         if pushed is not None:
             return push_down(pushed, kind, push)
-    return plan.with_child(push_down(children[0], kind, push))
-
-
-def transform_up(node: Node, fn) -> Node:
-    """Rebuild the tree bottom-up, replacing each node by ``fn(node)`` (children first)."""
-    children = node.children
-    if children:
-        new_child = transform_up(children[0], fn)
-        if new_child is not children[0]:
-            node = node.with_child(new_child)
-    return fn(node)
+    children = plan.children
+    if not children:
+        return plan
+    return plan.with_children([push_down(c, kind, push) for c in children])

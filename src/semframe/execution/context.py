@@ -1,0 +1,114 @@
+"""Run-scoped state: the options of one run, what it is using, and what it produced.
+
+Nothing a run needs lives in process globals: :class:`RunOptions` are resolved once, at the
+start of the run, from the process defaults (``sf.configure``) and the run's own arguments;
+:class:`RunContext` holds the engine, the answer resolver, the lineage recorder, the per-step
+metrics and the observers of that run only. The one process-level record is the last run's
+result (``sf.last_run()``), set when a run ends -- also when it fails, so that it never names
+an older run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from semframe.execution.lineage import LineageRecorder, StepMetrics
+from semframe.execution.resolver import AnswerResolver
+
+#: Prompt layouts (see :mod:`semframe.physical.prompts`).
+PROMPT_LAYOUTS = ("shared_first", "inline")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How one run is planned and executed (like polars' optimization flags).
+
+    Parameters
+    ----------
+    batch_size
+        Rows per engine batch.
+    dedupe
+        Ask the engine each distinct request once per run (greedy steps only).
+    prompt_layout
+        ``"shared_first"`` (the instruction first, in a system message, so the engine's prefix
+        cache reuses it) or ``"inline"`` (the row's text first, in one user message).
+    cache
+        Use the persistent exact cache.
+    lineage
+        Record per-cell lineage.
+    progress
+        Show progress (None: only in a terminal or a notebook).
+    optimize
+        Apply the optimizer's rewrites (they never change results).
+    """
+
+    batch_size: int = 512
+    dedupe: bool = True
+    prompt_layout: str = "shared_first"
+    cache: bool = True
+    lineage: bool = True
+    progress: bool | None = None
+    optimize: bool = True
+
+    def __post_init__(self) -> None:
+        b = self.batch_size
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {b!r}")
+        if self.prompt_layout not in PROMPT_LAYOUTS:
+            raise ValueError(f"prompt_layout must be one of {', '.join(map(repr, PROMPT_LAYOUTS))}, "
+                             f"got {self.prompt_layout!r}")
+        for name in ("dedupe", "cache", "lineage", "optimize"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.progress not in (None, True, False):
+            raise ValueError(f"progress must be True, False or None, got {self.progress!r}")
+
+    @classmethod
+    def resolve(cls, defaults: Any, **overrides: Any) -> RunOptions:
+        """Options from the process ``defaults`` (an object with these attributes, e.g.
+        ``semframe.config.settings``), each replaced by an override that is not None."""
+        base = {f.name: getattr(defaults, f.name) for f in fields(cls) if hasattr(defaults, f.name)}
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(base) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown run option(s): {', '.join(sorted(unknown))}")
+        return cls(**base)
+
+    def with_(self, **changes: Any) -> RunOptions:
+        return replace(self, **changes)
+
+
+@dataclass
+class RunContext:
+    """Everything one run uses while it executes (handed to every physical operator)."""
+
+    engine: Any
+    options: RunOptions
+    resolver: AnswerResolver
+    recorder: LineageRecorder
+    progress: Any = None
+    metrics: list[StepMetrics] = field(default_factory=list)
+
+    @property
+    def model(self) -> str:
+        return self.engine.model if self.engine is not None else ""
+
+
+# --------------------------------------------------------------------------- the last run
+
+_last_run: Any = None
+
+
+def last_run() -> Any:
+    """The result of the most recent run in this process (eager verbs return only the frame).
+
+    After a run that failed or was stopped by a budget, it is that run's partial result
+    (``complete`` is False), never an older run.
+    """
+    return _last_run
+
+
+def set_last_run(result: Any) -> None:
+    global _last_run
+    _last_run = result

@@ -1,0 +1,248 @@
+"""The answer resolver: the only code that talks to the answer sources.
+
+An operator hands the resolver a list of requests (one per row, None for a row it skips) and
+gets back one :class:`~semframe.execution.lineage.Outcome` per request. Each request is
+answered by the first source that has it:
+
+1. the in-run memo -- an identical request earlier in the run (when the step dedupes);
+2. the persistent exact cache;
+3. the semantic cache -- a near-duplicate text's answer (when the step has a threshold);
+4. the engine: every request still open goes to it in one batch.
+
+An operator may call :meth:`AnswerResolver.resolve` as often as it needs, with requests built
+from earlier answers (rounds of a top-k, levels of a reduce). Observers (budgets, progress)
+see each engine batch before it is sent -- and may stop the run there -- and after it returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from semframe.engines.base import Completion, Engine, Request
+from semframe.errors import PlanError
+from semframe.execution.lineage import LineageRecorder, Outcome, StepMetrics
+
+
+@dataclass
+class StepInfo:
+    """What the resolver needs to know about the step asking.
+
+    ``semantic_key`` identifies the step for the semantic cache (its operator, shared text,
+    template, spec and decoding settings); near-duplicates are only reused within one such key.
+    """
+
+    index: int
+    operator: str
+    column: str | None
+    metrics: StepMetrics
+    dedupe: bool = True
+    exact_cache: bool = True
+    semantic_threshold: float | None = None
+    semantic_key: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def where(self) -> str:
+        return f"step {self.index} ({self.operator})"
+
+
+class Observer(Protocol):
+    """Sees engine batches. Either method may be left out."""
+
+    def before_engine_batch(self, step: StepInfo, requests: Sequence[Request]) -> None: ...
+
+    def after_engine_batch(self, step: StepInfo, completions: Sequence[Completion]) -> None: ...
+
+
+class AnswerResolver:
+    """Answers requests from the memo, the caches and the engine, in that order (see module doc).
+
+    Parameters
+    ----------
+    engine
+        The engine that answers what no cache has (None: a plan without semantic steps).
+    exact_cache
+        Optional persistent cache: ``get_many(fingerprint, keys) -> {key: Completion}``,
+        ``put_many(fingerprint, [(key, Request, Completion)])`` and ``store`` (where semantic
+        entries persist too). Answers are stored as each engine batch returns.
+    recorder
+        Keeps each request's prompt text once (for lineage).
+    observers
+        Objects with ``before_engine_batch`` / ``after_engine_batch`` (budgets, progress).
+    """
+
+    def __init__(self, engine: Engine | None, *, exact_cache: Any = None,
+                 recorder: LineageRecorder | None = None, observers: Sequence[Any] = ()):
+        self.engine = engine
+        self.exact_cache = exact_cache
+        self.recorder = recorder or LineageRecorder(enabled=False)
+        self._before = [o.before_engine_batch for o in observers if hasattr(o, "before_engine_batch")]
+        self._after = [o.after_engine_batch for o in observers if hasattr(o, "after_engine_batch")]
+        self._memo: dict[str, tuple[Completion, int | None]] = {}
+        self._samples: dict[str, int] = {}
+        self._semantic: dict[int, Any] = {}
+        self._fingerprint: str | None = None
+        #: Every semantic-cache reuse of the run (for ``audit_semantic_cache``).
+        self.semantic_hits: list[Any] = []
+
+    @property
+    def fingerprint(self) -> str:
+        """The engine's fingerprint, computed once (it keys the caches)."""
+        if self._fingerprint is None:
+            self._fingerprint = self._engine().fingerprint()
+        return self._fingerprint
+
+    def _engine(self) -> Engine:
+        if self.engine is None:
+            raise PlanError("a semantic step needs an engine; pass engine=... or sf.configure(engine=...)")
+        return self.engine
+
+    # ------------------------------------------------------------------ resolution
+
+    def resolve(self, step: StepInfo, requests: Sequence[Request | None], texts: Sequence[str | None],
+                row_ids: Sequence[int | None] | None = None) -> list[Outcome | None]:
+        """One outcome per request (None where the request is None), in order.
+
+        ``texts`` are the rows' rendered texts (the semantic cache embeds them); ``row_ids``
+        name the rows whose answers others reuse (lineage's ``source_row_id``).
+        """
+        n = len(requests)
+        ids: Sequence[int | None] = row_ids if row_ids is not None else [None] * n
+        outcomes: list[Outcome | None] = [None] * n
+        use_exact = step.exact_cache and self.exact_cache is not None
+        # Rows still to answer, grouped by cache key. Deduping, that is the request key; else each
+        # row is its own sample: the n-th row asking a request is sample n of it (its own cache
+        # entry, so a rerun gives every row its own sample back).
+        pending: dict[str, list[int]] = {}
+        keyed: dict[str, Request] = {}
+        memo = self._memo
+        remember = self.recorder.remember_prompt if self.recorder.enabled else None
+        for i, req in enumerate(requests):
+            if req is None:
+                continue
+            key = req.key
+            if remember is not None:
+                remember(req)
+            if step.dedupe:
+                hit = memo.get(key)
+                if hit is not None:
+                    outcomes[i] = _outcome(hit[0], "dedup", key, source_row_id=hit[1], free=True)
+                    continue
+                group_key = key
+            else:
+                k = self._samples.get(key, 0)
+                self._samples[key] = k + 1
+                group_key = key if k == 0 else f"{key}#{k}"
+            rows = pending.get(group_key)
+            if rows is None:
+                pending[group_key] = [i]
+                keyed[group_key] = req
+            else:
+                rows.append(i)
+        if pending and use_exact:
+            hits = self.exact_cache.get_many(self.fingerprint, set(pending))
+            for gk in [gk for gk in pending if gk in hits]:
+                self._fan_out(step, hits[gk], "exact_cache", keyed[gk].key, pending.pop(gk), ids, outcomes)
+        if not pending:
+            return outcomes
+        order = list(pending)
+        if step.semantic_threshold is None:
+            completions = self._ask_engine(step, [keyed[gk] for gk in order], order)
+            for gk, comp in zip(order, completions):
+                self._fan_out(step, comp, "engine", keyed[gk].key, pending[gk], ids, outcomes)
+            return outcomes
+        self._resolve_semantic(step, order, pending, keyed, texts, ids, outcomes)
+        return outcomes
+
+    def _resolve_semantic(self, step: StepInfo, order: list[str], pending: dict[str, list[int]],
+                          keyed: dict[str, Request], texts: Sequence[str | None], ids: Sequence[int | None],
+                          outcomes: list[Outcome | None]) -> None:
+        """Reuse answers of near-duplicate texts; send one representative per cluster to the engine."""
+        from semframe.cache.embed import text_digest
+        from semframe.cache.semantic import SemanticHit
+
+        cache = self._semantic_cache(step)
+        group_texts: list[str] = [texts[pending[gk][0]] or "" for gk in order]
+        vectors = cache.embed(group_texts)
+        plan = cache.plan(vectors)
+        for pos, hit in plan.hits.items():
+            gk = order[pos]
+            first = pending[gk][0]
+            cache.note_hit(keyed[gk], group_texts[pos], hit, ids[first])
+            self._fan_out(step, hit.completion, "semantic_cache", keyed[gk].key, pending[gk], ids, outcomes,
+                          similarity=hit.similarity, source_row_id=hit.source_row_id)
+        reps = plan.representatives
+        completions = self._ask_engine(step, [keyed[order[p]] for p in reps], [order[p] for p in reps])
+        answer = dict(zip(reps, completions))
+        for p, comp in answer.items():
+            self._fan_out(step, comp, "engine", keyed[order[p]].key, pending[order[p]], ids, outcomes)
+        cache.add(vectors[reps], completions, [ids[pending[order[p]][0]] for p in reps],
+                  [text_digest(group_texts[p]) for p in reps])
+        # A member reuses its representative's answer; if that failed, it asks for itself.
+        retry = [m for m, (rep, _) in plan.members.items() if not answer[rep].ok]
+        retried = (dict(zip(retry, self._ask_engine(step, [keyed[order[m]] for m in retry],
+                                                    [order[m] for m in retry])))
+                   if retry else {})
+        for m, (rep, sim) in plan.members.items():
+            gk = order[m]
+            if m in retried:
+                self._fan_out(step, retried[m], "engine", keyed[gk].key, pending[gk], ids, outcomes)
+                continue
+            hit = SemanticHit(answer[rep], sim, ids[pending[order[rep]][0]])
+            cache.note_hit(keyed[gk], group_texts[m], hit, ids[pending[gk][0]])
+            self._fan_out(step, hit.completion, "semantic_cache", keyed[gk].key, pending[gk], ids, outcomes,
+                          similarity=sim, source_row_id=hit.source_row_id)
+
+    def _semantic_cache(self, step: StepInfo) -> Any:
+        cache = self._semantic.get(step.index)
+        if cache is None:
+            from semframe.cache.embed import default_embedder
+            from semframe.cache.semantic import SemanticCache, semantic_step_key
+
+            embedder = default_embedder()
+            key = semantic_step_key({**step.semantic_key, "engine": self.fingerprint}, embedder.model_id)
+            store = getattr(self.exact_cache, "store", None) if step.exact_cache else None
+            cache = SemanticCache(key, step.semantic_threshold, embedder, store,  # type: ignore[arg-type]
+                                  hits=self.semantic_hits)
+            self._semantic[step.index] = cache
+        return cache
+
+    def _ask_engine(self, step: StepInfo, batch: list[Request], cache_keys: list[str]) -> list[Completion]:
+        """One engine call; answers go to the exact cache (under ``cache_keys``) as soon as it returns."""
+        if not batch:
+            return []
+        engine = self._engine()
+        for before in self._before:
+            before(step, batch)  # may raise (a budget) before anything is spent
+        completions = engine.generate(batch)
+        step.metrics.engine_batches += 1
+        if step.exact_cache and self.exact_cache is not None:
+            self.exact_cache.put_many(self.fingerprint,
+                                      [(k, r, c) for k, r, c in zip(cache_keys, batch, completions) if c.ok])
+        for after in self._after:
+            after(step, completions)
+        return completions
+
+    def _fan_out(self, step: StepInfo, comp: Completion, source: str, key: str, rows: list[int],
+                 ids: Sequence[int | None], outcomes: list[Outcome | None], *, similarity: float | None = None,
+                 source_row_id: int | None = None) -> None:
+        first = rows[0]
+        outcomes[first] = _outcome(comp, source, key, free=source != "engine", similarity=similarity,
+                                   source_row_id=source_row_id)
+        if len(rows) > 1:
+            reused = _outcome(comp, "dedup", key, source_row_id=ids[first], free=True)
+            for i in rows[1:]:
+                outcomes[i] = reused
+        if step.dedupe:
+            self._memo.setdefault(key, (comp, ids[first]))
+
+
+def _outcome(comp: Completion, source: str, key: str, *, source_row_id: int | None = None,
+             free: bool = False, similarity: float | None = None) -> Outcome:
+    """An Outcome from a completion; ``free`` rows reuse an answer and cost no tokens."""
+    if free:
+        return Outcome(comp.value, source, key, comp.text, comp.error, comp.finish_reason,
+                       source_row_id=source_row_id, similarity=similarity)
+    return Outcome(comp.value, source, key, comp.text, comp.error, comp.finish_reason, comp.prompt_tokens,
+                   comp.cached_prompt_tokens, comp.output_tokens, comp.latency_s, source_row_id, similarity)

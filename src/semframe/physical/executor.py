@@ -1,0 +1,171 @@
+"""Run a plan: optimize it, plan its physical operators, execute them, hand back the result.
+
+:func:`run_plan` is what ``collect()`` / ``run()`` call. It resolves the run's options from the
+process defaults and its own arguments (:class:`~semframe.execution.context.RunOptions`), picks
+the engine (started only if a semantic step needs one) and the caches, builds the run's context
+(resolver, lineage recorder, observers: budget and progress), and pulls batches from the root
+operator. :func:`estimate_plan` walks the very same operators without asking an engine.
+
+Whatever happens, the run's result is what ``sf.last_run()`` returns afterwards: complete, or
+partial with ``complete=False`` when a budget stopped it (``BudgetExceeded.result``) or an error
+ended it (``SemframeError.result`` where the error is semframe's own).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import polars as pl
+
+from semframe import config
+from semframe.accounting.budget import Budget
+from semframe.accounting.estimate import PlanEstimate
+from semframe.accounting.prices import machine_price
+from semframe.accounting.throughput import throughput_for
+from semframe.accounting.tokens import token_counter
+from semframe.engines.registry import resolve_engine
+from semframe.errors import BudgetExceeded, SemframeError
+from semframe.execution.context import RunContext, RunOptions, set_last_run
+from semframe.execution.lineage import LineageRecorder
+from semframe.execution.progress import Progress, progress_mode
+from semframe.execution.provenance import Batch
+from semframe.execution.resolver import AnswerResolver
+from semframe.execution.result import RunResult
+from semframe.optimizer import optimize as optimize_plan
+from semframe.physical.base import EstimateContext, PhysicalOp
+from semframe.physical.planner import plan_physical
+from semframe.plan.nodes import Node, walk
+from semframe.plan.semantic import SemanticStep
+
+logger = logging.getLogger("semframe")
+
+#: Distinct prompts tokenized per step in an estimate.
+SAMPLE_PROMPTS = 256
+
+
+def has_semantic(plan: Node) -> bool:
+    return any(isinstance(n, SemanticStep) for n in walk(plan))
+
+
+def prepare(plan: Node, options: RunOptions) -> tuple[Node, PhysicalOp]:
+    """The plan as it will run (optimized if the options say so) and its physical operators."""
+    if options.optimize:
+        plan = optimize_plan(plan)
+    return plan, plan_physical(plan, options)
+
+
+def run_plan(plan: Node, *, engine: Any = None, max_cost: float | None = None, max_tokens: int | None = None,
+             **options: Any) -> RunResult:
+    """Optimize and execute ``plan``; see :meth:`semframe.SemLazyFrame.run` for the arguments."""
+    opts = RunOptions.resolve(config.settings, **options)
+    plan, root = prepare(plan, opts)
+    semantic = has_semantic(plan)
+    eng = resolve_engine(engine) if semantic else None
+    machine = machine_price(eng)
+    observers: list[Any] = []
+    budget = None
+    if max_cost is not None or max_tokens is not None:
+        budget = Budget(max_tokens=max_tokens, max_cost=max_cost, machine=machine,
+                        throughput=throughput_for(eng, machine.kind), engine=eng)
+        observers.append(budget)
+    mode = progress_mode(opts.progress) if semantic else None
+    progress = Progress(mode, machine=machine) if mode else None
+    if progress is not None:
+        observers.append(progress)
+    exact_cache = _open_exact_cache() if (opts.cache and semantic) else None
+    if exact_cache is not None:
+        logger.info("exact cache: %s", getattr(exact_cache, "path", config.cache_dir()))
+    recorder = LineageRecorder(enabled=opts.lineage)
+    ctx = RunContext(engine=eng, options=opts, recorder=recorder, progress=progress,
+                     resolver=AnswerResolver(eng, exact_cache=exact_cache, recorder=recorder, observers=observers))
+    steps = sum(1 for n in walk(plan) if isinstance(n, SemanticStep))
+    if eng is not None:
+        logger.info("run: %d semantic step(s) on engine %s (model %s), batch_size=%d, lineage %s",
+                    steps, eng.name, eng.model, opts.batch_size, "on" if opts.lineage else "off")
+    return execute(root, ctx, plan)
+
+
+def execute(root: PhysicalOp, ctx: RunContext, plan: Node) -> RunResult:
+    """Pull every batch from ``root``; the result (also a partial one) becomes ``sf.last_run()``."""
+    start = time.perf_counter()
+    batches: list[Batch] = []
+    error: BaseException | None = None
+    try:
+        for batch in root.execute(ctx):
+            batches.append(batch)
+    except BaseException as exc:  # noqa: BLE001 - the partial result is kept, the error re-raised
+        error = exc
+    finally:
+        if ctx.progress is not None:
+            ctx.progress.close()
+    result = _result(batches, plan, ctx, time.perf_counter() - start, error)
+    set_last_run(result)
+    if error is not None:
+        if isinstance(error, SemframeError):
+            error.result = result  # type: ignore[attr-defined]
+        raise error
+    if ctx.engine is not None:
+        logger.info("run done: %d rows out, %d engine requests, %.3f s", result.df.height,
+                    result.engine_requests, result.seconds)
+    return result
+
+
+def _result(batches: list[Batch], plan: Node, ctx: RunContext, seconds: float,
+            error: BaseException | None) -> RunResult:
+    if batches:
+        out = Batch.concat(batches)
+    else:
+        out = Batch.empty(plan.schema)
+    ids = out.ids.alias("row_id")
+    if ids.dtype == pl.Null:
+        ids = ids.cast(pl.UInt32)
+    return RunResult(
+        df=out.frame,
+        row_ids=ids,
+        lineage=ctx.recorder.to_frame(),
+        prompts=ctx.recorder.prompts_frame(),
+        step_metrics=sorted(ctx.metrics, key=lambda m: m.step),
+        plan=plan,
+        seconds=seconds,
+        engine_model=ctx.model,
+        machine=machine_price(ctx.engine),
+        complete=error is None,
+        count_tokens=token_counter(ctx.engine),
+        error=None if error is None else f"{type(error).__name__}: {error}",
+        semantic_hits=ctx.resolver.semantic_hits,
+    )
+
+
+def _open_exact_cache() -> Any:
+    from semframe.cache import open_exact_cache
+
+    return open_exact_cache(config.cache_dir())
+
+
+# --------------------------------------------------------------------------- estimate
+
+
+def estimate_plan(plan: Node, engine: Any = None, *, filter_selectivity: float = 0.5,
+                  sample: int = SAMPLE_PROMPTS, **options: Any) -> PlanEstimate:
+    """Estimate a plan's engine calls, tokens, time and cost by walking its physical operators.
+
+    ``engine`` only counts tokens; it is never asked anything (None: ~4 characters per token).
+    The plan is optimized and planned exactly as :func:`run_plan` would, with the same options.
+    """
+    if not 0.0 <= filter_selectivity <= 1.0:
+        raise ValueError(f"filter_selectivity must be between 0 and 1, got {filter_selectivity!r}")
+    opts = RunOptions.resolve(config.settings, **options)
+    _, root = prepare(plan, opts)
+    est = EstimateContext(engine=engine, count=token_counter(engine), options=opts,
+                          filter_selectivity=filter_selectivity, sample=sample)
+    root.estimate(est)
+    machine = machine_price(engine)
+    notes = ["answers already in the persistent cache are not subtracted (a rerun costs less)"]
+    if engine is not None and not any(callable(getattr(engine, a, None)) for a in ("count_prompt_tokens", "render")):
+        notes.append("the chat template's few tokens per message are not counted")
+    tokenizer = (f"{getattr(engine, 'model', 'the engine')}'s tokenizer" if engine is not None
+                 else "heuristic (~4 characters per token)")
+    return PlanEstimate(tuple(sorted(est.steps, key=lambda s: s.step)), machine,
+                        throughput_for(engine, machine.kind), tokenizer, filter_selectivity, tuple(notes))

@@ -1,0 +1,237 @@
+"""Row-wise semantic operators: a request builder and a row emitter over the answer resolver.
+
+:class:`RowOperator` does what every row-wise verb shares: it renders the template for a batch
+(vectorized, values inserted literally, null or blank input skipped), builds one request per
+row, asks the resolver once per batch, records lineage and metrics, and hands the answers to
+:meth:`RowOperator.emit`. A verb is a subclass that says what its shared instruction is and
+how answers become rows -- about ten lines each (classify, filter, extract, map below).
+
+Operators for new logical nodes register with :func:`physical_for`; the planner looks them up
+by node type.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import polars as pl
+
+from semframe.accounting.estimate import StepEstimate
+from semframe.accounting.tokens import output_tokens, request_prompt_tokens
+from semframe.execution.context import RunContext, RunOptions
+from semframe.execution.lineage import Outcome, StepMetrics
+from semframe.execution.provenance import Batch, scalar_ids
+from semframe.execution.render import render_exprs, render_texts
+from semframe.execution.resolver import StepInfo
+from semframe.physical.base import EstimateContext, EstState, PhysicalOp
+from semframe.physical.prompts import RequestBuilder, field_words
+from semframe.physical.relational import PolarsQuery, rebatch
+from semframe.plan.semantic import SemanticStep, SemClassify, SemExtract, SemFilter, SemMap
+
+#: Logical node type -> physical operator class.
+OPERATORS: dict[type, type[PhysicalOp]] = {}
+
+
+def physical_for(node_type: type) -> Callable[[type[PhysicalOp]], type[PhysicalOp]]:
+    """Class decorator: the physical operator the planner makes of ``node_type`` nodes."""
+
+    def register(cls: type[PhysicalOp]) -> type[PhysicalOp]:
+        OPERATORS[node_type] = cls
+        return cls
+
+    return register
+
+
+class RowOperator(PhysicalOp):
+    """One row-wise semantic step: one request per row, one resolver round per batch."""
+
+    node: SemanticStep
+
+    def __init__(self, node: SemanticStep, inputs: tuple[PhysicalOp, ...], index: int, options: RunOptions):
+        super().__init__(node, inputs)
+        self.index = index
+        self.options = options
+        self.dedupe = options.dedupe and node.temperature == 0
+        self.exact_cache = options.cache and node.cache is not False
+        self.builder = RequestBuilder(self.shared_text(), node.spec, node.effective_max_tokens,
+                                      node.temperature, options.prompt_layout)
+
+    # ------------------------------------------------------------------ what a verb says
+
+    def shared_text(self) -> str:  # pragma: no cover - abstract
+        """The part of every prompt of the step that does not depend on the row."""
+        raise NotImplementedError
+
+    def emit(self, batch: Batch, values: list[Any]) -> Batch:
+        """The output rows for a batch and its answers (default: the answers as a new column)."""
+        node = self.node
+        series = pl.Series(node.name, values, dtype=node.output_dtype, strict=False)
+        return Batch(batch.frame.with_columns(series), batch.ids)
+
+    # ------------------------------------------------------------------ execution
+
+    def step_info(self, metrics: StepMetrics) -> StepInfo:
+        node = self.node
+        return StepInfo(
+            index=self.index, operator=node.operator, column=node.name, metrics=metrics,
+            dedupe=self.dedupe, exact_cache=self.exact_cache, semantic_threshold=node.semantic_cache,
+            semantic_key={"operator": node.operator, "shared": self.builder.shared,
+                          "template": node.template.source, "spec": node.spec.to_dict(),
+                          "max_tokens": node.effective_max_tokens, "temperature": node.temperature,
+                          "layout": self.options.prompt_layout},
+        )
+
+    def execute(self, ctx: RunContext) -> Iterator[Batch]:
+        node = self.node
+        metrics = StepMetrics(step=self.index, operator=node.operator, column=node.name)
+        ctx.metrics.append(metrics)
+        step = self.step_info(metrics)
+        progress = ctx.progress if self.index == 0 else None
+        if progress is not None and progress.total_rows is None and isinstance(self.inputs[0], PolarsQuery):
+            progress.total_rows = self.inputs[0].count_rows()
+        build, resolve, record, model = self.builder.build_all, ctx.resolver.resolve, ctx.recorder.record, ctx.model
+        for batch in rebatch(self.inputs[0].execute(ctx), ctx.options.batch_size):
+            start = time.perf_counter()
+            texts, reasons = render_texts(node.template, batch.frame)
+            outcomes = resolve(step, build(texts), texts, scalar_ids(batch.ids))
+            for i, o in enumerate(outcomes):
+                if o is None:
+                    outcomes[i] = Outcome(None, "skipped", error=reasons[i])
+            done: list[Outcome] = outcomes  # type: ignore[assignment]
+            record(self.index, node.operator, node.name, model, batch.ids, done)
+            metrics.add_all(done)
+            metrics.rows_in += batch.height
+            out = self.emit(batch, [o.value for o in done])
+            metrics.rows_out += out.height
+            metrics.seconds += time.perf_counter() - start
+            if progress is not None:
+                progress.rows(batch.height)
+            yield out
+
+    def describe(self) -> str:
+        flags = [f"max_tokens={self.node.effective_max_tokens}"]
+        if self.dedupe:
+            flags.append("dedupe")
+        flags.append("shared prefix first" if self.options.prompt_layout == "shared_first" else "inline prompt")
+        flags.append("exact cache" if self.exact_cache else "exact cache off")
+        if self.node.semantic_cache is not None:
+            flags.append(f"semantic cache >= {self.node.semantic_cache:g}")
+        if self.node.temperature:
+            flags.append(f"temperature={self.node.temperature:g}")
+        name = f" -> {self.node.name}" if self.node.name else ""
+        return (f"SEMANTIC {self.node.operator.upper()}{name} (step {self.index}) "
+                f"[{self.node.spec.describe()}; {', '.join(flags)}]")
+
+    # ------------------------------------------------------------------ estimation
+
+    def estimate(self, est: EstimateContext) -> EstState:
+        node = self.node
+        state = self.inputs[0].estimate(est)
+        cols = node.template.columns
+        count = est.count
+        out = output_tokens(node.spec, node.effective_max_tokens, count)
+        written = sum(est.typical_tokens.get(c, 0.0) for c in cols)
+        batch = state.batch
+        known = batch is not None and not (set(cols) & state.unknown)
+        if known:
+            texts = _rendered(node, batch.frame)  # type: ignore[union-attr]
+            valid = texts.drop_nulls()
+            skipped = texts.len() - valid.len()
+            distinct = valid.unique(maintain_order=True)
+            if self.dedupe:
+                b = self.builder
+                same = (b.shared, b.spec, b.max_tokens, b.temperature, b.layout)  # requests equal by text
+                seen = est.seen.get(same)
+                fresh = distinct if seen is None else distinct.filter(~distinct.is_in(seen.implode()))
+                est.seen[same] = distinct if seen is None else pl.concat([seen, fresh]).unique()
+                n_calls = fresh.len()
+            else:
+                n_calls = valid.len()
+            exact = state.exact and state.rows_low == state.rows_high == texts.len()
+            per_row = n_calls / texts.len() if texts.len() else 0.0
+            calls_low = n_calls if exact else round(min(state.rows_low * per_row, n_calls))
+            calls_high = n_calls if exact else math.ceil(min(
+                state.rows_high * (valid.len() / max(texts.len(), 1)),
+                distinct.len() if self.dedupe else state.rows_high))
+            pool = distinct.to_list()
+        else:
+            # Inputs written by an earlier step: every row is a call, its text is that step's answer.
+            skipped, exact = 0, False
+            calls_low, calls_high = round(state.rows_low), round(state.rows_high)
+            pool = [self._placeholder(batch)] if batch is None or batch.height else []
+        if len(pool) > est.sample:
+            pool = random.Random(0).sample(pool, est.sample)
+        prompt_tokens = (sum(request_prompt_tokens(self.builder.build(t), est.engine) for t in pool) / len(pool)
+                         if pool else 0.0) + written
+        if node.name is not None:
+            est.typical_tokens[node.name] = out.typical
+        est.steps.append(StepEstimate(
+            step=self.index, operator=node.operator, column=node.name,
+            rows_low=round(state.rows_low), rows_high=round(state.rows_high), skipped=skipped,
+            calls_low=calls_low, calls_high=calls_high, rows_exact=exact,
+            prompt_tokens_per_call=prompt_tokens, output_tokens_per_call=(out.low, out.typical, out.high),
+        ))
+        return self.estimate_output(state, est)
+
+    def estimate_output(self, state: EstState, est: EstimateContext) -> EstState:
+        """What leaves the step: the same rows, with the model's column as an unknown placeholder."""
+        node = self.node
+        if state.batch is None or node.name is None:
+            return state
+        frame = state.batch.frame.with_columns(pl.lit(None, dtype=node.output_dtype).alias(node.name))
+        return EstState(Batch(frame, state.batch.ids), state.rows_low, state.rows_high, state.exact,
+                        state.unknown | {node.name})
+
+    def _placeholder(self, batch: Batch | None) -> str:
+        """The template with known columns' first values and model-written columns empty."""
+        frame = batch.frame if batch is not None else None
+        first = frame.row(0, named=True) if frame is not None and frame.height else {}
+        cols = self.node.template.columns
+        return self.node.template.render({c: "" if first.get(c) is None else str(first[c]) for c in cols})
+
+
+def _rendered(node: SemanticStep, frame: pl.DataFrame) -> pl.Series:
+    """Every row's rendered text (null where the run would skip the row), as the run renders it."""
+    text, has_null, all_empty = render_exprs(node.template, frame.schema)
+    return frame.select(pl.when(has_null | all_empty).then(None).otherwise(text).alias("text"))["text"]
+
+
+# --------------------------------------------------------------------------- the four verbs
+
+
+@physical_for(SemClassify)
+class ClassifyOp(RowOperator):
+    def shared_text(self) -> str:
+        lead = self.node.instruction or "Classify the text."
+        return f"{lead}\nAnswer with exactly one of: {', '.join(self.node.spec.labels)}."  # type: ignore[attr-defined]
+
+
+@physical_for(SemFilter)
+class FilterOp(RowOperator):
+    def shared_text(self) -> str:
+        lead = self.node.instruction or "Answer the question about the text."
+        return f"{lead}\nAnswer with exactly one word: YES or NO."
+
+    def emit(self, batch: Batch, values: list[Any]) -> Batch:
+        return batch.filter(pl.Series([v == "YES" for v in values], dtype=pl.Boolean))
+
+    def estimate_output(self, state: EstState, est: EstimateContext) -> EstState:
+        # Which rows the model keeps is unknown: at most all of them, expected the selectivity.
+        return EstState(state.batch, state.rows_low * est.filter_selectivity, state.rows_high, False, state.unknown)
+
+
+@physical_for(SemExtract)
+class ExtractOp(RowOperator):
+    def shared_text(self) -> str:
+        lead = self.node.instruction or "Extract the following fields from the text."
+        return f"{lead}\nReply with a JSON object with the fields {field_words(self.node.spec)}."  # type: ignore[arg-type]
+
+
+@physical_for(SemMap)
+class MapOp(RowOperator):
+    def shared_text(self) -> str:
+        return self.node.instruction or ""

@@ -1,0 +1,196 @@
+"""Semantic plan nodes: one LLM operator each, over the rows of their child.
+
+A semantic node says *what* to ask (template, instruction, output spec, decoding limits) and
+what the user chose for it (exact cache off, semantic-cache threshold). *How* it is asked --
+the prompt layout, whether repeats are collapsed, which engine -- is decided when the plan is
+turned into physical operators (:mod:`semframe.physical.planner`), never here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import polars as pl
+
+from semframe.errors import PlanError
+from semframe.plan.nodes import RESERVED_PREFIX, Needed, Node, Schema
+from semframe.plan.spec import ChoiceSpec, JsonSpec, OutputSpec, TextSpec
+from semframe.plan.template import Template
+
+
+@dataclass(frozen=True)
+class SemanticStep(Node):
+    """One LLM operator over the rows of its child.
+
+    Parameters
+    ----------
+    child
+        The input.
+    template
+        The per-row text (``{column}`` references).
+    instruction
+        The fixed text shared by every row.
+    spec
+        What the answer must look like.
+    name
+        The output column (None for ``filter``).
+    max_tokens
+        The most tokens the engine may produce per row (default: from the spec).
+    temperature
+        Sampling temperature; 0 is greedy.
+    cache
+        ``False`` keeps this step out of the persistent exact cache.
+    semantic_cache
+        A similarity threshold: reuse answers of near-duplicate texts (None: off).
+    """
+
+    child: Node
+    template: Template
+    instruction: str | None
+    spec: OutputSpec
+    name: str | None
+    max_tokens: int | None = None
+    temperature: float = 0.0
+    cache: bool | None = None
+    semantic_cache: float | None = None
+
+    operator: ClassVar[str] = "semantic"
+    rows: ClassVar[str] = "aligned"
+
+    def __post_init__(self) -> None:
+        where = f"semantic.{self.operator}"
+        self.template.check_columns(self.child.columns, where)
+        if self.instruction is not None and not isinstance(self.instruction, str):
+            raise PlanError(f"{where}: instruction must be a string, got {type(self.instruction).__name__}")
+        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool)
+                                            or self.max_tokens < 1):
+            raise PlanError(f"{where}: max_tokens must be a positive integer, got {self.max_tokens!r}")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)):
+            raise PlanError(f"{where}: temperature must be a number between 0 and 2, got {self.temperature!r}")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise PlanError(f"{where}: temperature must be between 0 and 2, got {self.temperature}")
+        if self.semantic_cache is not None and not 0.0 < self.semantic_cache <= 1.0:
+            raise PlanError(f"{where}: semantic_cache threshold must be in (0, 1], got {self.semantic_cache}")
+        if self.name is not None or self.operator != "filter":
+            if not isinstance(self.name, str) or not self.name:
+                raise PlanError(f"{where}: name must be a non-empty string, got {self.name!r}")
+            if self.name.startswith(RESERVED_PREFIX):
+                raise PlanError(f"{where}: name {self.name!r} uses the reserved prefix {RESERVED_PREFIX!r}")
+            if self.name in self.child.columns:
+                raise PlanError(
+                    f"{where}: output column {self.name!r} already exists; pass name='...' "
+                    f"with a new name (columns are {', '.join(map(repr, self.child.columns))})"
+                )
+        super().__post_init__()
+
+    @property
+    def output_dtype(self) -> pl.DataType:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def effective_max_tokens(self) -> int:
+        return self.max_tokens if self.max_tokens is not None else self.spec.default_max_tokens()
+
+    def _compute_schema(self) -> Schema:
+        return self.child.schema + ((self.name, self.output_dtype),)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def elementwise(self) -> bool:
+        return True  # each row's answer depends on that row only
+
+    @property
+    def unchanged(self) -> frozenset[str]:
+        return frozenset(self.child.columns)
+
+    @property
+    def produces(self) -> frozenset[str]:
+        return frozenset() if self.name is None else frozenset((self.name,))
+
+    @property
+    def removable_if_unread(self) -> bool:
+        return self.rows == "aligned"
+
+    def columns_needed(self, needed: Needed) -> tuple[Needed, ...]:
+        if needed is None:
+            return (None,)
+        return ((needed - self.produces) | set(self.template.columns),)
+
+    # ------------------------------------------------------------------ display
+
+    def describe(self) -> str:
+        out = f" -> {self.name}" if self.name else ""
+        flags = [f"max_tokens={self.effective_max_tokens}"]
+        if self.temperature:
+            flags.append(f"temperature={self.temperature:g}")
+        if self.cache is False:
+            flags.append("exact cache off")
+        if self.semantic_cache is not None:
+            flags.append(f"semantic cache >= {self.semantic_cache:g}")
+        return f"SEMANTIC {self.operator.upper()}{out} [{self.spec.describe()}; {', '.join(flags)}]"
+
+    def detail_lines(self) -> list[str]:
+        lines = [f"template: {self.template.source!r}"]
+        if self.instruction:
+            lines.append(f"instruction: {self.instruction!r}")
+        return lines
+
+
+@dataclass(frozen=True)
+class SemClassify(SemanticStep):
+    operator: ClassVar[str] = "classify"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.spec, ChoiceSpec):
+            raise PlanError("semantic.classify needs a ChoiceSpec")
+        super().__post_init__()
+
+    @property
+    def output_dtype(self) -> pl.DataType:
+        return pl.String()
+
+
+@dataclass(frozen=True)
+class SemFilter(SemanticStep):
+    """Keep the rows the model answers YES for. Adds no column."""
+
+    operator: ClassVar[str] = "filter"
+    rows: ClassVar[str] = "subset"
+
+    def __post_init__(self) -> None:
+        if self.spec != ChoiceSpec(("YES", "NO")):
+            raise PlanError("semantic.filter answers YES or NO")
+        super().__post_init__()
+
+    def _compute_schema(self) -> Schema:
+        return self.child.schema
+
+
+@dataclass(frozen=True)
+class SemExtract(SemanticStep):
+    operator: ClassVar[str] = "extract"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.spec, JsonSpec):
+            raise PlanError("semantic.extract needs a JsonSpec")
+        super().__post_init__()
+
+    @property
+    def output_dtype(self) -> pl.DataType:
+        return self.spec.polars_dtype()  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class SemMap(SemanticStep):
+    operator: ClassVar[str] = "map"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.spec, TextSpec):
+            raise PlanError("semantic.map needs a TextSpec")
+        super().__post_init__()
+
+    @property
+    def output_dtype(self) -> pl.DataType:
+        return pl.String()
