@@ -69,7 +69,17 @@ class Request:
     @cached_property
     def prompt_text(self) -> str:
         """The messages as plain text (for display and token estimates)."""
-        return "\n\n".join(f"[{m.role}]\n{m.content}" for m in self.messages)
+        prefix, text = self.prompt_parts()
+        return prefix + text
+
+    def prompt_parts(self) -> tuple[str, str]:
+        """:attr:`prompt_text` as (everything before the last message's text, that text).
+
+        The first part is the same object for every request sharing it, so keeping many
+        prompts costs one copy of it.
+        """
+        *head, last = self.messages
+        return _prompt_prefix(tuple(head), last.role), last.content
 
 
 def requests_sharing(head: tuple[Message, ...], role: str, texts: Sequence[str | None], spec: OutputSpec,
@@ -90,6 +100,11 @@ def requests_sharing(head: tuple[Message, ...], role: str, texts: Sequence[str |
         req.__dict__["key"] = sha(static + text.encode("utf-8", "surrogatepass")).hexdigest()  # as .key computes it
         append(req)
     return out
+
+
+@lru_cache(maxsize=1024)
+def _prompt_prefix(head: tuple[Message, ...], last_role: str) -> str:
+    return "".join(f"[{m.role}]\n{m.content}\n\n" for m in head) + f"[{last_role}]\n"
 
 
 @lru_cache(maxsize=1024)
@@ -152,26 +167,18 @@ class EngineUsage:
 
 def finish(request: Request, raw: RawCompletion, latency_s: float) -> Completion:
     """Parse one raw completion against its request's output spec."""
-    usage = dict(
-        prompt_tokens=raw.prompt_tokens,
-        cached_prompt_tokens=raw.cached_prompt_tokens,
-        output_tokens=raw.output_tokens,
-        latency_s=latency_s,
-    )
-    if raw.error is not None or raw.text is None:
-        return Completion(raw.text, None, "error", error=raw.error or "engine returned no text", **usage)
-    structured = not isinstance(request.spec, TextSpec)
-    if structured and raw.finish_reason == "length":
-        return Completion(
-            raw.text, None, raw.finish_reason,
-            error=f"answer cut off at max_tokens={request.max_tokens} before it was complete",
-            **usage,
-        )
+    p, c, o = raw.prompt_tokens, raw.cached_prompt_tokens, raw.output_tokens
+    text = raw.text
+    if raw.error is not None or text is None:
+        return Completion(text, None, "error", p, c, o, latency_s, raw.error or "engine returned no text")
+    if raw.finish_reason == "length" and not isinstance(request.spec, TextSpec):
+        return Completion(text, None, raw.finish_reason, p, c, o, latency_s,
+                          f"answer cut off at max_tokens={request.max_tokens} before it was complete")
     try:
-        value = request.spec.parse(raw.text)
+        value = request.spec.parse(text)
     except OutputError as exc:
-        return Completion(raw.text, None, raw.finish_reason, error=str(exc), **usage)
-    return Completion(raw.text, value, raw.finish_reason, **usage)
+        return Completion(text, None, raw.finish_reason, p, c, o, latency_s, str(exc))
+    return Completion(text, value, raw.finish_reason, p, c, o, latency_s)
 
 
 class Engine(ABC):

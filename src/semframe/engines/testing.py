@@ -106,7 +106,10 @@ class DeterministicEngine(Engine):
         return [self._answer_one(req) for req in requests]
 
     def _answer_one(self, request: Request) -> RawCompletion:
-        prompt_tokens = sum(self.count_tokens(m.content) for m in request.messages)
+        count = self.count_tokens
+        prompt_tokens = 0
+        for m in request.messages:
+            prompt_tokens += count(m.content)
         if self._responder is None and not isinstance(request.spec, _SUPPORTED_SPECS):
             # Like vLLM: a request the engine cannot serve fails its own row, not the batch.
             return RawCompletion(

@@ -126,7 +126,8 @@ class LineageRecorder:
 
     enabled: bool = True
     _steps: list[tuple[int, str, str | None, str, pl.Series, list[tuple[Any, ...]]]] = field(default_factory=list)
-    prompts: dict[str, str] = field(default_factory=dict)
+    #: request key -> (prompt prefix shared by a step's requests, the row's own text)
+    _prompts: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def record(self, step: int, operator: str, column: str | None, model: str,
                ids: pl.Series, outcomes: list[Outcome]) -> None:
@@ -135,9 +136,14 @@ class LineageRecorder:
             self._steps.append((step, operator, column, model, ids, list(map(_fields_of, outcomes))))
 
     def remember_prompt(self, request: Request) -> None:
-        """Keep the request's prompt text once per key (built only then: it is the whole prompt)."""
-        if self.enabled and request.key not in self.prompts:
-            self.prompts[request.key] = request.prompt_text
+        """Keep the request's prompt once per key (its shared prefix is kept once, not per row)."""
+        if self.enabled and request.key not in self._prompts:
+            self._prompts[request.key] = request.prompt_parts()
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        """request key -> the full prompt text."""
+        return {k: prefix + text for k, (prefix, text) in self._prompts.items()}
 
     def to_frame(self) -> pl.DataFrame:
         if not self._steps:
@@ -162,10 +168,12 @@ class LineageRecorder:
         return pl.DataFrame({k: cols[k] for k in LINEAGE_SCHEMA}, schema=LINEAGE_SCHEMA)
 
     def prompts_frame(self) -> pl.DataFrame:
-        return pl.DataFrame(
-            {"request_key": list(self.prompts), "prompt": list(self.prompts.values())},
-            schema={"request_key": pl.String, "prompt": pl.String},
+        parts = self._prompts.values()
+        frame = pl.DataFrame(
+            {"request_key": list(self._prompts), "prefix": [p for p, _ in parts], "text": [t for _, t in parts]},
+            schema={"request_key": pl.String, "prefix": pl.String, "text": pl.String},
         )
+        return frame.select("request_key", pl.concat_str("prefix", "text").alias("prompt"))
 
 
 def _provenance_text(ids: pl.Series) -> pl.Series:
