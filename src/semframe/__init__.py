@@ -20,7 +20,7 @@ from semframe import accounting, frontends as _frontends  # noqa: F401
 from semframe.accounting.prices import register_machine_price, register_price, unregister_price
 from semframe.configure import configure
 from semframe.engines import DeterministicEngine, Engine, Request
-from semframe.errors import BudgetExceeded, EngineError, OutputError, PlanError, SemframeError
+from semframe.errors import BudgetExceeded, EngineError, EngineFailure, OutputError, PlanError, SemframeError
 from semframe.execution.context import RunOptions, last_run
 from semframe.execution.result import RunResult
 from semframe.frontends import polars as _polars_front  # noqa: F401  (registers the namespaces)
@@ -39,6 +39,7 @@ __all__ = [
     "DeterministicEngine",
     "Engine",
     "EngineError",
+    "EngineFailure",
     "OutputError",
     "PlanError",
     "Request",

@@ -40,3 +40,11 @@ class BudgetExceeded(SemframeError):
         self.spent_tokens = spent_tokens
         self.spent_usd = spent_usd
         self.result = result
+
+
+class EngineFailure(SemframeError, RuntimeError):
+    """An engine batch failed and the run was told to stop on errors (``on_error="raise"``).
+
+    The message names the step and the engine batch; ``__cause__`` is the engine's own error and
+    ``result`` the partial run (every batch answered before it, also in the cache).
+    """

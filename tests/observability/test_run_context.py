@@ -11,15 +11,16 @@ from semframe.execution.context import RunOptions
 
 
 class FailingEngine(sf.DeterministicEngine):
-    """Fails its ``fail_at``-th batch (1-based) as a whole, as a crashed engine would."""
+    """Fails every batch from its ``fail_at``-th call (1-based) on, as a crashed engine would."""
 
     def __init__(self, fail_at: int):
         super().__init__()
         self.fail_at = fail_at
+        self.calls = 0
 
     def _generate(self, requests):
-        if len(self.batches) + 1 == self.fail_at:
-            self.batches.append(list(requests))
+        self.calls += 1
+        if self.calls >= self.fail_at:
             raise RuntimeError("engine crashed")
         return super()._generate(requests)
 
@@ -33,10 +34,10 @@ def plan():
 def test_last_run_after_a_failed_run_is_that_run(plan):
     plan.run(sf.DeterministicEngine(), cache=False)  # an older, complete run
     older = sf.last_run()
-    with pytest.raises(RuntimeError, match="engine crashed"):
-        plan.run(FailingEngine(fail_at=2), batch_size=4, cache=False)
+    with pytest.raises(sf.EngineFailure, match="engine crashed") as err:
+        plan.run(FailingEngine(fail_at=2), batch_size=4, cache=False, on_error="raise")
     failed = sf.last_run()
-    assert failed is not older
+    assert failed is not older and failed is err.value.result
     assert not failed.complete and "engine crashed" in failed.error
     assert failed.df.height == 4  # the first batch made it through
     assert failed.lineage.height == 4 and failed.metrics["engine_requests"].to_list() == [4]

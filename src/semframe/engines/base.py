@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Any
 
-from semframe.errors import OutputError
+from semframe.errors import EngineError, OutputError
 from semframe.plan.spec import OutputSpec, TextSpec
+
+
+_NONE = object()
 
 
 @dataclass(frozen=True)
@@ -221,11 +224,18 @@ class Engine(ABC):
         start = time.perf_counter()
         raws = self._generate(requests)
         elapsed = time.perf_counter() - start
+        if not isinstance(raws, (list, tuple)):
+            raise EngineError(f"{type(self).__name__}._generate must return a list of RawCompletion, "
+                              f"got {type(raws).__name__}")
         if len(raws) != len(requests):
-            raise RuntimeError(
+            raise EngineError(
                 f"{type(self).__name__}._generate returned {len(raws)} results for "
                 f"{len(requests)} requests"
             )
+        bad = next((r for r in raws if not isinstance(r, RawCompletion)), _NONE)
+        if bad is not _NONE:
+            raise EngineError(f"{type(self).__name__}._generate must return RawCompletion objects, "
+                              f"got {type(bad).__name__} {bad!r:.80}")
         # A batch is answered together; each request is charged an equal share of its time.
         share = elapsed / len(requests)
         done = [finish(req, raw, share) for req, raw in zip(requests, raws)]

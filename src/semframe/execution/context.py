@@ -41,6 +41,9 @@ class RunOptions:
         Show progress (None: only in a terminal or a notebook).
     optimize
         Apply the optimizer's rewrites (they never change results).
+    on_error
+        ``"null"``: a request the engine cannot answer (after retries) gets a null and a reason,
+        and the run goes on; ``"raise"``: the run stops with ``EngineFailure``.
     """
 
     batch_size: int = 512
@@ -50,6 +53,7 @@ class RunOptions:
     lineage: bool = True
     progress: bool | None = None
     optimize: bool = True
+    on_error: str = "null"
 
     def __post_init__(self) -> None:
         b = self.batch_size
@@ -61,6 +65,8 @@ class RunOptions:
         for name in ("dedupe", "cache", "lineage", "optimize"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.on_error not in ("null", "raise"):
+            raise ValueError(f"on_error must be 'null' or 'raise', got {self.on_error!r}")
         if self.progress not in (None, True, False):
             raise ValueError(f"progress must be True, False or None, got {self.progress!r}")
 

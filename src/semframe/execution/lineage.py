@@ -75,6 +75,8 @@ class StepMetrics:
     rows_out: int = 0
     engine_requests: int = 0
     engine_batches: int = 0
+    engine_retries: int = 0  # engine calls repeated after the engine raised
+    engine_failures: int = 0  # requests the engine could not answer even alone (null, with the error)
     dedup_hits: int = 0
     exact_cache_hits: int = 0
     semantic_cache_hits: int = 0

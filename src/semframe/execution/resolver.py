@@ -12,6 +12,16 @@ answered by the first source that has it:
 An operator may call :meth:`AnswerResolver.resolve` as often as it needs, with requests built
 from earlier answers (rounds of a top-k, levels of a reduce). Observers (budgets, progress)
 see each engine batch before it is sent -- and may stop the run there -- and after it returns.
+
+When the engine fails a whole batch (it raises), the resolver retries it a few times with
+exponential backoff and jitter (``tenacity``, a well-kept retry library, rather than a loop of
+our own); a batch that still fails is split in halves, recursively, so that only the request(s)
+the engine cannot answer fail: each of those becomes a null with the engine's error as the
+reason, and the run completes. With ``on_error="raise"`` the first failure that survives the
+retries stops the run instead, as :class:`~semframe.errors.EngineFailure` naming the step and
+the batch (and carrying the partial result). Answers of finished batches are in the cache either
+way. An engine that breaks its contract (the wrong number of results) is a bug, not a bad row:
+that error is raised as it is.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from semframe.engines.base import Completion, Engine, Request
-from semframe.errors import PlanError
+from semframe.errors import EngineFailure, PlanError, SemframeError
 from semframe.execution.lineage import LineageRecorder, Outcome, StepMetrics
 
 
@@ -70,11 +80,24 @@ class AnswerResolver:
         Keeps each request's prompt text once (for lineage).
     observers
         Objects with ``before_engine_batch`` / ``after_engine_batch`` (budgets, progress).
+    on_error
+        ``"null"`` (default): a request the engine cannot answer gets a null and a reason;
+        ``"raise"``: stop the run with :class:`~semframe.errors.EngineFailure`.
+    attempts
+        Tries per engine batch before it is split (1 = no retry).
+    backoff_s
+        The first retry's wait; it doubles per retry (with jitter), up to 2 s.
     """
 
     def __init__(self, engine: Engine | None, *, exact_cache: Any = None,
-                 recorder: LineageRecorder | None = None, observers: Sequence[Any] = ()):
+                 recorder: LineageRecorder | None = None, observers: Sequence[Any] = (),
+                 on_error: str = "null", attempts: int = 3, backoff_s: float = 0.1):
+        if on_error not in ("null", "raise"):
+            raise ValueError(f"on_error must be 'null' or 'raise', got {on_error!r}")
         self.engine = engine
+        self.on_error = on_error
+        self.attempts = attempts
+        self.backoff_s = backoff_s
         self.exact_cache = exact_cache
         self.recorder = recorder or LineageRecorder(enabled=False)
         self._before = [o.before_engine_batch for o in observers if hasattr(o, "before_engine_batch")]
@@ -212,10 +235,9 @@ class AnswerResolver:
         """One engine call; answers go to the exact cache (under ``cache_keys``) as soon as it returns."""
         if not batch:
             return []
-        engine = self._engine()
         for before in self._before:
             before(step, batch)  # may raise (a budget) before anything is spent
-        completions = engine.generate(batch)
+        completions = self._generate(step, batch)
         step.metrics.engine_batches += 1
         if step.exact_cache and self.exact_cache is not None:
             self.exact_cache.put_many(self.fingerprint,
@@ -223,6 +245,35 @@ class AnswerResolver:
         for after in self._after:
             after(step, completions)
         return completions
+
+    def _generate(self, step: StepInfo, batch: list[Request]) -> list[Completion]:
+        """One engine batch under the failure policy (see the module docstring)."""
+        import tenacity
+
+        engine = self._engine()
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(max(1, self.attempts)),
+            wait=tenacity.wait_exponential_jitter(multiplier=self.backoff_s, max=2.0, jitter=self.backoff_s),
+            retry=tenacity.retry_if_not_exception_type(SemframeError),  # our own errors are not transient
+            before_sleep=lambda _: _count_retry(step),
+            reraise=True,
+        )
+        try:
+            return retrying(engine.generate, batch)
+        except SemframeError:
+            raise
+        except Exception as exc:
+            if self.on_error == "raise":
+                raise EngineFailure(
+                    f"{step.where}, engine batch {step.metrics.engine_batches + 1}: {type(engine).__name__} "
+                    f"failed {len(batch)} request(s) after {self.attempts} attempt(s): {type(exc).__name__}: {exc}"
+                ) from exc
+            if len(batch) == 1:
+                step.metrics.engine_failures += 1
+                return [Completion(None, None, "error",
+                                   error=f"engine failed: {type(exc).__name__}: {exc}".strip())]
+            half = len(batch) // 2
+            return self._generate(step, batch[:half]) + self._generate(step, batch[half:])
 
     def _fan_out(self, step: StepInfo, comp: Completion, source: str, key: str, rows: list[int],
                  ids: Sequence[int | None], outcomes: list[Outcome | None], *, similarity: float | None = None,
@@ -236,6 +287,10 @@ class AnswerResolver:
                 outcomes[i] = reused
         if step.dedupe:
             self._memo.setdefault(key, (comp, ids[first]))
+
+
+def _count_retry(step: StepInfo) -> None:
+    step.metrics.engine_retries += 1
 
 
 def _outcome(comp: Completion, source: str, key: str, *, source_row_id: int | None = None,

@@ -55,7 +55,7 @@ from semframe.plan.nodes import (
 
 #: Run options every runner accepts (``collect``, ``run``, ``sink_*``, eager verbs).
 RUN_OPTIONS = ("engine", "batch_size", "cache", "lineage", "optimize", "max_cost", "max_tokens", "progress",
-               "dedupe", "prompt_layout")
+               "dedupe", "prompt_layout", "on_error")
 #: LazyFrame methods that would run the query or have effects outside the plan when called.
 _EAGER_PREFIXES = ("collect", "sink_", "profile", "show", "fetch", "explain", "serialize", "remote", "execute",
                    "describe", "deserialize", "from_")
@@ -313,7 +313,7 @@ class SemLazyFrame:
     def run(self, engine: Any = None, *, batch_size: int | None = None, cache: bool | None = None,
             lineage: bool | None = None, optimize: bool | None = None, max_cost: float | None = None,
             max_tokens: int | None = None, progress: bool | None = None, dedupe: bool | None = None,
-            prompt_layout: str | None = None) -> RunResult:
+            prompt_layout: str | None = None, on_error: str | None = None) -> RunResult:
         """Run the plan and return the result with its lineage, metrics and cost.
 
         Parameters
@@ -343,6 +343,11 @@ class SemLazyFrame:
             ``False`` asks the engine once per row even for repeated requests.
         prompt_layout
             ``"shared_first"`` (default) or ``"inline"`` (see :mod:`semframe.physical.prompts`).
+        on_error
+            ``"null"`` (default): a batch the engine fails is retried, then split so that only the
+            request(s) it cannot answer get a null (with the reason in the lineage) and the run
+            completes; ``"raise"``: stop with :class:`semframe.EngineFailure` (naming the step and
+            batch, with the partial result in ``err.result``).
 
         Examples
         --------
@@ -354,7 +359,7 @@ class SemLazyFrame:
         """
         return run_plan(self._plan_node, engine=engine, batch_size=batch_size, cache=cache, lineage=lineage,
                         optimize=optimize, max_cost=max_cost, max_tokens=max_tokens, progress=progress,
-                        dedupe=dedupe, prompt_layout=prompt_layout)
+                        dedupe=dedupe, prompt_layout=prompt_layout, on_error=on_error)
 
     def collect(self, engine: Any = None, **options: Any) -> pl.DataFrame:
         """Run the plan and return a polars DataFrame (options as for :meth:`run`)."""

@@ -79,7 +79,8 @@ def run_plan(plan: Node, *, engine: Any = None, max_cost: float | None = None, m
         logger.info("exact cache: %s", getattr(exact_cache, "path", config.cache_dir()))
     recorder = LineageRecorder(enabled=opts.lineage)
     ctx = RunContext(engine=eng, options=opts, recorder=recorder, progress=progress,
-                     resolver=AnswerResolver(eng, exact_cache=exact_cache, recorder=recorder, observers=observers))
+                     resolver=AnswerResolver(eng, exact_cache=exact_cache, recorder=recorder, observers=observers,
+                                             on_error=opts.on_error))
     steps = sum(1 for n in walk(plan) if isinstance(n, SemanticStep))
     if eng is not None:
         logger.info("run: %d semantic step(s) on engine %s (model %s), batch_size=%d, lineage %s",
