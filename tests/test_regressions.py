@@ -19,7 +19,7 @@ from semframe.plan.spec import ChoiceSpec, JsonSpec
 
 
 def _row_text(request) -> str:
-    # The row's own text under either prompt layout, so answers do not depend on the layout.
+    # The row's own text: the last message's first paragraph under either prompt layout.
     return request.messages[-1].content.split("\n\n")[0]
 
 
@@ -35,7 +35,16 @@ def _responder(request) -> str:
 
 @pytest.fixture
 def layout_free_engine() -> sf.DeterministicEngine:
-    """Answers depend on the row's text only (not on the prompt layout the optimizer picks)."""
+    """An engine whose answer is a hash of the row's own text, whatever prompt surrounds it.
+
+    The optimizer no longer changes prompts (the layout is a planning option, the same for an
+    optimized run and ``optimize=False``: see
+    ``test_optimized_and_unoptimized_runs_send_the_same_prompts``, which uses a plain engine).
+    This engine is kept because it makes expectations easy to state: a row's answer depends on
+    its text alone, so an expected frame built from another run (an eager verb, other steps
+    around it, any ``prompt_layout``) holds for the plan under test too, and a labelled answer
+    can be told from a malformed one at a glance.
+    """
     return sf.DeterministicEngine(responder=_responder)
 
 
@@ -192,6 +201,61 @@ def test_random_plans_give_the_same_result_optimized_or_not(seed, layout_free_en
     raw = plan.run(layout_free_engine, cache=False, optimize=False, batch_size=batch)
     assert_frame_equal(opt.df, raw.df, check_column_order=True), names
     assert opt.row_ids.to_list() == raw.row_ids.to_list(), names
+
+
+# --------------------------------------------------------------------------- prompts and rewrites
+
+
+@pytest.mark.parametrize("layout", ["shared_first", "inline"])
+def test_optimized_and_unoptimized_runs_send_the_same_prompts(frame, layout):
+    """A rewrite changes which rows are asked, never what a row is asked: byte for byte."""
+    plan = (frame.lazy().semantic.classify("title", ["YES", "NO"], name="c", instruction="Is it old?")
+                 .semantic.extract("{title} in {year}", {"x": int}, name="e")
+                 .filter(pl.col("year") > 2)                      # moves below both steps
+                 .semantic.map("Say {title}", name="unread")      # nobody reads it: dropped
+                 .semantic.filter("Is {title} good?")
+                 .drop("unread")
+                 .head(3))
+    opt_engine, raw_engine = sf.DeterministicEngine(), sf.DeterministicEngine()
+    opt = plan.run(opt_engine, cache=False, prompt_layout=layout)
+    raw = plan.run(raw_engine, cache=False, optimize=False, prompt_layout=layout)
+
+    def asked(run) -> dict[tuple, str]:
+        cells = run.lineage_with_prompts().filter(pl.col("source") != "skipped")
+        return {(op, col, row): prompt for op, col, row, prompt
+                in cells.select("operator", "column", "row_id", "prompt").iter_rows()}
+
+    opt_asked, raw_asked = asked(opt), asked(raw)
+    assert opt.engine_requests < raw.engine_requests  # the rewrites did save requests
+    assert opt_asked.keys() < raw_asked.keys()
+    assert {(op, col) for op, col, _ in opt_asked} == {("classify", "c"), ("extract", "e"), ("filter", None)}
+    for cell, prompt in opt_asked.items():
+        assert prompt.encode("utf-8") == raw_asked[cell].encode("utf-8"), cell
+    # The requests themselves (messages, spec, decoding settings) are the same objects' worth.
+    sent = {json.dumps(r.to_dict(), sort_keys=True).encode("utf-8") for b in opt_engine.batches for r in b}
+    also = {json.dumps(r.to_dict(), sort_keys=True).encode("utf-8") for b in raw_engine.batches for r in b}
+    assert sent and sent <= also
+    # So even a plain engine, whose answer hashes the whole request, gives the same result.
+    assert_frame_equal(opt.df, raw.df)
+    assert opt.row_ids.to_list() == raw.row_ids.to_list()
+
+
+@pytest.mark.parametrize("semantic", [False, True])
+def test_projection_pushdown_keeps_the_place_of_an_overwritten_column(frame, layout_free_engine, semantic):
+    base = frame.drop("s")
+    lf = (base.lazy().semantic.classify("year", ["YES", "NO"], name="c") if semantic
+          else sf.SemLazyFrame.from_data(base))
+    plan = lf.with_columns(title=pl.col("n").cast(pl.String)).drop("n")
+    start = (base.semantic.classify("year", ["YES", "NO"], name="c", engine=layout_free_engine, cache=False)
+             if semantic else base)
+    expected = start.with_columns(title=pl.col("n").cast(pl.String)).drop("n")
+    assert plan.columns == expected.columns
+    _check(plan, expected, layout_free_engine if semantic else None)
+
+
+def test_sort_takes_the_keywords_of_polars_sort(frame):
+    plan = sf.SemLazyFrame.from_data(frame).sort("title", maintain_order=True, multithreaded=False)
+    _check(plan, frame.sort("title", maintain_order=True), None)
 
 
 # --------------------------------------------------------------------------- caches

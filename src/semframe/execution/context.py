@@ -41,6 +41,9 @@ class RunOptions:
         Show progress (None: only in a terminal or a notebook).
     optimize
         Apply the optimizer's rewrites (they never change results).
+    memo_size
+        The most distinct answers the in-run memo keeps (memory stays flat on any number of rows);
+        repeats older than that come from the exact cache, or are asked again with the cache off.
     on_error
         ``"null"``: a request the engine cannot answer (after retries) gets a null and a reason,
         and the run goes on; ``"raise"``: the run stops with ``EngineFailure``.
@@ -54,6 +57,7 @@ class RunOptions:
     progress: bool | None = None
     optimize: bool = True
     on_error: str = "null"
+    memo_size: int = 100_000
 
     def __post_init__(self) -> None:
         b = self.batch_size
@@ -65,6 +69,9 @@ class RunOptions:
         for name in ("dedupe", "cache", "lineage", "optimize"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        m = self.memo_size
+        if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+            raise ValueError(f"memo_size must be a non-negative integer, got {m!r}")
         if self.on_error not in ("null", "raise"):
             raise ValueError(f"on_error must be 'null' or 'raise', got {self.on_error!r}")
         if self.progress not in (None, True, False):

@@ -12,7 +12,11 @@ few list appends per row.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
@@ -119,37 +123,74 @@ _fields_of = attrgetter(*_OUTCOME_FIELDS)
 
 @dataclass
 class LineageRecorder:
-    """Collects lineage records and distinct prompts during a run.
+    """Collects lineage records and the prompts asked during a run, with flat memory.
 
-    Recording keeps one tuple per cell (a single C-level attribute fetch); the columns are
-    built once, by :meth:`to_frame`, so lineage costs a few percent of a run's own Python work
-    (see ``benchmarks/lineage_overhead.py``).
+    Recording keeps one tuple per cell (a single C-level attribute fetch). Every ``spill_rows``
+    cells the records so far become a columnar part written to a Parquet file in a temporary
+    directory (removed when the recorder is garbage-collected), so a run of millions of rows
+    holds at most one part in memory; :meth:`to_frame` reads the parts back when lineage is
+    asked for. Prompts are kept as (shared prefix, row text) pairs, spilled the same way.
     """
 
     enabled: bool = True
+    spill_rows: int = 50_000
     _steps: list[tuple[int, str, str | None, str, pl.Series, list[tuple[Any, ...]]]] = field(default_factory=list)
-    #: request key -> (prompt prefix shared by a step's requests, the row's own text)
-    _prompts: dict[str, tuple[str, str]] = field(default_factory=dict)
+    _pending: int = 0
+    _parts: list[Path] = field(default_factory=list)
+    #: (request key, prompt prefix shared by a step's requests, the row's own text)
+    _prompt_rows: list[tuple[str, str, str]] = field(default_factory=list)
+    _prompt_parts: list[Path] = field(default_factory=list)
+    _dir: Path | None = None
 
     def record(self, step: int, operator: str, column: str | None, model: str,
                ids: pl.Series, outcomes: list[Outcome]) -> None:
         """One record per row: ``ids`` is the rows' provenance (see :mod:`.provenance`)."""
         if self.enabled:
             self._steps.append((step, operator, column, model, ids, list(map(_fields_of, outcomes))))
+            self._pending += len(ids)
+            if self._pending >= self.spill_rows:
+                self._parts.append(self._write(self._build(), "lineage"))
+                self._steps, self._pending = [], 0
 
     def remember_prompt(self, request: Request) -> None:
-        """Keep the request's prompt once per key (its shared prefix is kept once, not per row)."""
-        if self.enabled and request.key not in self._prompts:
-            self._prompts[request.key] = request.prompt_parts()
+        """Keep the request's prompt (its shared prefix is one object for a whole step)."""
+        if self.enabled:
+            self._prompt_rows.append((request.key, *request.prompt_parts()))
+            if len(self._prompt_rows) >= self.spill_rows:
+                self._prompt_parts.append(self._write(self._prompts_part(), "prompts"))
+                self._prompt_rows = []
 
     @property
     def prompts(self) -> dict[str, str]:
         """request key -> the full prompt text."""
-        return {k: prefix + text for k, (prefix, text) in self._prompts.items()}
+        frame = self.prompts_frame()
+        return dict(zip(frame["request_key"], frame["prompt"]))
+
+    def scan(self) -> pl.LazyFrame:
+        """Every record so far as a LazyFrame over the spilled parts (nothing is read yet)."""
+        frames = [pl.scan_parquet(p) for p in self._parts]
+        if self._steps or not frames:
+            frames.append(self._build().lazy() if self._steps else pl.LazyFrame(schema=LINEAGE_SCHEMA))
+        return pl.concat(frames) if len(frames) > 1 else frames[0]
 
     def to_frame(self) -> pl.DataFrame:
-        if not self._steps:
+        """Every record so far, one row per cell."""
+        frames = [pl.read_parquet(p) for p in self._parts]
+        if self._steps:
+            frames.append(self._build())
+        if not frames:
             return pl.DataFrame(schema=LINEAGE_SCHEMA)
+        return pl.concat(frames) if len(frames) > 1 else frames[0]
+
+    def prompts_frame(self) -> pl.DataFrame:
+        """``request_key`` -> full prompt text, one row per distinct request."""
+        frames = [pl.read_parquet(p) for p in self._prompt_parts] + [self._prompts_part()]
+        frame = pl.concat(frames) if len(frames) > 1 else frames[0]
+        return frame.unique("request_key", keep="first", maintain_order=True)
+
+    # ------------------------------------------------------------------ internals
+
+    def _build(self) -> pl.DataFrame:
         cols: dict[str, Any] = {k: [] for k in LINEAGE_SCHEMA if k not in ("row_id", "provenance")}
         row_ids: list[pl.Series] = []
         composite: list[pl.Series] = []
@@ -169,13 +210,21 @@ class LineageRecorder:
         cols["provenance"] = pl.concat(composite).alias("provenance")
         return pl.DataFrame({k: cols[k] for k in LINEAGE_SCHEMA}, schema=LINEAGE_SCHEMA)
 
-    def prompts_frame(self) -> pl.DataFrame:
-        parts = self._prompts.values()
+    def _prompts_part(self) -> pl.DataFrame:
+        rows = self._prompt_rows
         frame = pl.DataFrame(
-            {"request_key": list(self._prompts), "prefix": [p for p, _ in parts], "text": [t for _, t in parts]},
+            {"request_key": [r[0] for r in rows], "prefix": [r[1] for r in rows], "text": [r[2] for r in rows]},
             schema={"request_key": pl.String, "prefix": pl.String, "text": pl.String},
         )
         return frame.select("request_key", pl.concat_str("prefix", "text").alias("prompt"))
+
+    def _write(self, frame: pl.DataFrame, kind: str) -> Path:
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="semframe-lineage-"))
+            weakref.finalize(self, shutil.rmtree, str(self._dir), True)
+        path = self._dir / f"{kind}-{len(self._parts) + len(self._prompt_parts):05d}.parquet"
+        frame.write_parquet(path, compression="lz4")
+        return path
 
 
 def _provenance_text(ids: pl.Series) -> pl.Series:
@@ -188,15 +237,45 @@ def _provenance_text(ids: pl.Series) -> pl.Series:
 
 
 def _values_text(values: list[Any]) -> list[str | None] | pl.Series:
-    """Parsed values as text: strings as they are, everything else as JSON (vectorized for structs)."""
+    """Parsed values as text: strings as they are, everything else as JSON, a missing value
+    (a skipped or failed row) as a null, never the text ``'null'``.
+
+    Struct values are encoded in one vectorized pass where they all have the same keys and each
+    key one Python type (the values of one step do); otherwise each is ``json.dumps``-ed.
+    """
     if all(v is None or type(v) is str for v in values):
         return values
-    if all(v is None or type(v) is dict for v in values):
+    if _uniform_dicts(values):
         try:
-            return pl.Series("value", values, strict=False).struct.json_encode()
-        except (pl.exceptions.PolarsError, TypeError, ValueError):
+            series = pl.Series("value", values, strict=True)
+            encoded = series.struct.json_encode()
+            if series.null_count():
+                encoded = pl.select(pl.when(series.is_not_null()).then(encoded)).to_series().alias("value")
+            return encoded
+        except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
             pass
     return [_value_text(v) for v in values]
+
+
+def _uniform_dicts(values: list[Any]) -> bool:
+    """Whether every value is None or a dict with the same keys, each key holding one type (or None)."""
+    keys = None
+    types: dict[str, type] = {}
+    for v in values:
+        if v is None:
+            continue
+        if type(v) is not dict:
+            return False
+        if keys is None:
+            keys = v.keys()
+            if not keys:
+                return False
+        elif v.keys() != keys:
+            return False
+        for k, x in v.items():
+            if x is not None and types.setdefault(k, type(x)) is not type(x):
+                return False
+    return keys is not None
 
 
 def _value_text(value: Any) -> str | None:

@@ -26,6 +26,7 @@ that error is raised as it is.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -87,22 +88,27 @@ class AnswerResolver:
         Tries per engine batch before it is split (1 = no retry).
     backoff_s
         The first retry's wait; it doubles per retry (with jitter), up to 2 s.
+    memo_size
+        The most answers the in-run memo keeps (the oldest go first), so memory stays flat
+        however many rows a run has; a repeat older than that comes from the exact cache (or,
+        with the cache off, is asked again).
     """
 
     def __init__(self, engine: Engine | None, *, exact_cache: Any = None,
                  recorder: LineageRecorder | None = None, observers: Sequence[Any] = (),
-                 on_error: str = "null", attempts: int = 3, backoff_s: float = 0.1):
+                 on_error: str = "null", attempts: int = 3, backoff_s: float = 0.1, memo_size: int = 100_000):
         if on_error not in ("null", "raise"):
             raise ValueError(f"on_error must be 'null' or 'raise', got {on_error!r}")
         self.engine = engine
         self.on_error = on_error
         self.attempts = attempts
         self.backoff_s = backoff_s
+        self.memo_size = memo_size
         self.exact_cache = exact_cache
         self.recorder = recorder or LineageRecorder(enabled=False)
         self._before = [o.before_engine_batch for o in observers if hasattr(o, "before_engine_batch")]
         self._after = [o.after_engine_batch for o in observers if hasattr(o, "after_engine_batch")]
-        self._memo: dict[str, tuple[Completion, int | None]] = {}
+        self._memo: OrderedDict[str, tuple[Completion, int | None]] = OrderedDict()
         self._samples: dict[str, int] = {}
         self._semantic: dict[int, Any] = {}
         self._fingerprint: str | None = None
@@ -145,8 +151,6 @@ class AnswerResolver:
             if req is None:
                 continue
             key = req.key
-            if remember is not None:
-                remember(req)
             if step.dedupe:
                 hit = memo.get(key)
                 if hit is not None:
@@ -161,6 +165,8 @@ class AnswerResolver:
             if rows is None:
                 pending[group_key] = [i]
                 keyed[group_key] = req
+                if remember is not None:
+                    remember(req)
             else:
                 rows.append(i)
         if pending and use_exact:
@@ -286,7 +292,11 @@ class AnswerResolver:
             for i in rows[1:]:
                 outcomes[i] = reused
         if step.dedupe:
-            self._memo.setdefault(key, (comp, ids[first]))
+            memo = self._memo
+            if key not in memo:
+                memo[key] = (comp, ids[first])
+                if len(memo) > self.memo_size:
+                    memo.popitem(last=False)  # the oldest answer (O(1), unlike a dict's first key)
 
 
 def _count_retry(step: StepInfo) -> None:

@@ -25,7 +25,7 @@ import polars as pl
 from semframe.accounting.cost import CostReport, cost_report
 from semframe.accounting.prices import MachinePrice, format_usd, machine_price
 from semframe.accounting.tokens import heuristic_count_tokens
-from semframe.execution.lineage import StepMetrics
+from semframe.execution.lineage import LineageRecorder, StepMetrics
 from semframe.plan.nodes import Node
 
 _METRIC_DTYPES = {
@@ -53,9 +53,13 @@ class RunResult:
         ``{left, right}`` after a join, a list after a ``group_by().agg()``; null where a step keeps
         no link. Join it to :attr:`lineage` on ``row_id`` (see :meth:`with_row_ids`).
     lineage
-        One row per output cell of every semantic step (see :mod:`semframe.execution.lineage`).
+        One row per output cell of every semantic step (see :mod:`semframe.execution.lineage`);
+        read on first use from the parts the run spilled to disk (:meth:`scan_lineage` reads it
+        lazily instead).
     prompts
         ``request_key`` -> full prompt text, one row per distinct request.
+    recorder
+        Where :attr:`lineage` and :attr:`prompts` come from.
     step_metrics
         One :class:`StepMetrics` per semantic step (:attr:`metrics` has them as a table).
     plan
@@ -73,12 +77,13 @@ class RunResult:
         The error that ended the run (None for a complete run).
     semantic_hits
         Every semantic-cache reuse of the run (what ``audit_semantic_cache`` re-asks).
+    rows_written
+        Rows a ``sink_*`` run wrote to its file (then ``df`` is empty); None otherwise.
     """
 
     df: pl.DataFrame
     row_ids: pl.Series
-    lineage: pl.DataFrame
-    prompts: pl.DataFrame
+    recorder: LineageRecorder
     step_metrics: list[StepMetrics]
     plan: Node
     seconds: float
@@ -88,6 +93,27 @@ class RunResult:
     count_tokens: Callable[[str], int] = field(default=heuristic_count_tokens, repr=False)
     error: str | None = None
     semantic_hits: list[Any] = field(default_factory=list, repr=False)
+    rows_written: int | None = None
+
+    @cached_property
+    def lineage(self) -> pl.DataFrame:
+        return self.recorder.to_frame()
+
+    @cached_property
+    def prompts(self) -> pl.DataFrame:
+        return self.recorder.prompts_frame()
+
+    def scan_lineage(self) -> pl.LazyFrame:
+        """:attr:`lineage` as a LazyFrame over the parts the run wrote, without loading it all.
+
+        Examples
+        --------
+        >>> import polars as pl, semframe as sf
+        >>> r = pl.DataFrame({"t": ["a", "b", "a"]}).lazy().semantic.map("Say {t}", name="m").run(sf.DeterministicEngine())
+        >>> r.scan_lineage().filter(pl.col("source") == "dedup").select("row_id").collect()["row_id"].to_list()
+        [2]
+        """
+        return self.recorder.scan()
 
     # ------------------------------------------------------------------ metrics and cost
 
@@ -195,8 +221,9 @@ class RunResult:
         c = self.cost
         state = "" if self.complete else f" (stopped early: {self.error})" if self.error else " (stopped early)"
         saved = sum(c.saved_requests.values())
+        rows = self.df.height if self.rows_written is None else self.rows_written
         return (
-            f"run{state}: {self.df.height:,} rows out, {len(self.step_metrics)} semantic step(s), "
+            f"run{state}: {rows:,} rows out, {len(self.step_metrics)} semantic step(s), "
             f"{self.seconds:.3f} s\n"
             f"engine ({self.engine_model or 'none'}): {c.engine_requests:,} requests, "
             f"{c.prompt_tokens:,} prompt + {c.output_tokens:,} output tokens, {c.engine_seconds:.3f} s; "

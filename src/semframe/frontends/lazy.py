@@ -167,7 +167,9 @@ class SemLazyFrame:
     limit = head
 
     def sort(self, by: Any, *more_by: Any, descending: bool | Sequence[bool] = False,
-             nulls_last: bool = False) -> SemLazyFrame:
+             nulls_last: bool = False, maintain_order: bool = False, multithreaded: bool = True) -> SemLazyFrame:
+        """Sort rows (like ``pl.LazyFrame.sort``). Sorts here are always stable, so
+        ``maintain_order`` is accepted and always holds; ``multithreaded`` is polars' business."""
         keys = _exprs("sort", (by, *more_by), {})
         flags = (descending,) * len(keys) if isinstance(descending, bool) else tuple(descending)
         return self._then(Sort(self._plan_node, keys, flags, nulls_last))
@@ -223,20 +225,34 @@ class SemLazyFrame:
     # ------------------------------------------------------------------ writing results
 
     def _sink(self, method: str, path: Any, kwargs: dict[str, Any]) -> RunResult:
+        from semframe.physical.sinks import SINKS
+
         options = _split_run_options(kwargs)
-        result = self.run(**options)
-        getattr(result.df.lazy(), method)(path, **kwargs)
-        return result
+        sink = SINKS[method](path, self.collect_schema(), **kwargs)
+        return run_plan(self._plan_node, sink=sink, **options)
 
     def sink_parquet(self, path: Any, **kwargs: Any) -> RunResult:
-        """Run the plan and write the result to Parquet (polars' options and run options accepted).
+        """Run the plan and write the result to Parquet, batch by batch (memory stays flat).
 
-        Returns the run's :class:`RunResult` (lineage, metrics, cost).
+        Accepts ``compression``, ``compression_level``, ``statistics``, ``row_group_size`` and
+        every run option of :meth:`run`. The file appears when the run completes. Returns the
+        run's :class:`RunResult` (lineage, metrics, cost; ``rows_written``; an empty ``df``).
+
+        Examples
+        --------
+        >>> import polars as pl, semframe as sf, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "out.parquet")
+        >>> plan = pl.DataFrame({"t": ["a", "b"]}).lazy().semantic.classify("t", ["YES", "NO"], name="c")
+        >>> plan.sink_parquet(path, engine=sf.DeterministicEngine()).rows_written
+        2
+        >>> pl.read_parquet(path).columns
+        ['t', 'c']
         """
         return self._sink("sink_parquet", path, kwargs)
 
     def sink_csv(self, path: Any, **kwargs: Any) -> RunResult:
-        """Run the plan and write the result to CSV (see :meth:`sink_parquet`)."""
+        """Run the plan and write the result to CSV, batch by batch (polars' ``write_csv`` options
+        such as ``separator``; see :meth:`sink_parquet`)."""
         return self._sink("sink_csv", path, kwargs)
 
     def sink_ndjson(self, path: Any, **kwargs: Any) -> RunResult:
@@ -244,7 +260,7 @@ class SemLazyFrame:
         return self._sink("sink_ndjson", path, kwargs)
 
     def sink_ipc(self, path: Any, **kwargs: Any) -> RunResult:
-        """Run the plan and write the result to an Arrow IPC file (see :meth:`sink_parquet`)."""
+        """Run the plan and write the result to an Arrow IPC file (``compression``; see :meth:`sink_parquet`)."""
         return self._sink("sink_ipc", path, kwargs)
 
     # ------------------------------------------------------------------ inspection and execution

@@ -60,6 +60,8 @@ class EstimateContext:
     typical_tokens: dict[str, float] = field(default_factory=dict)
     #: Shared prompt text -> prompts already asked by earlier steps (the run's memo spans steps).
     seen: dict[Any, pl.Series] = field(default_factory=dict)
+    #: How many heads above the operator being estimated may stop the run before it is done.
+    under_head: int = 0
 
 
 class PhysicalOp(ABC):

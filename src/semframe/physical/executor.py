@@ -57,8 +57,12 @@ def prepare(plan: Node, options: RunOptions) -> tuple[Node, PhysicalOp]:
 
 
 def run_plan(plan: Node, *, engine: Any = None, max_cost: float | None = None, max_tokens: int | None = None,
-             **options: Any) -> RunResult:
-    """Optimize and execute ``plan``; see :meth:`semframe.SemLazyFrame.run` for the arguments."""
+             sink: Any = None, **options: Any) -> RunResult:
+    """Optimize and execute ``plan``; see :meth:`semframe.SemLazyFrame.run` for the arguments.
+
+    ``sink`` (a :mod:`semframe.physical.sinks` sink, made with the plan's schema) receives every
+    output batch instead of the result frame, so the run's memory does not grow with its rows.
+    """
     opts = RunOptions.resolve(config.settings, **options)
     plan, root = prepare(plan, opts)
     semantic = has_semantic(plan)
@@ -80,28 +84,38 @@ def run_plan(plan: Node, *, engine: Any = None, max_cost: float | None = None, m
     recorder = LineageRecorder(enabled=opts.lineage)
     ctx = RunContext(engine=eng, options=opts, recorder=recorder, progress=progress,
                      resolver=AnswerResolver(eng, exact_cache=exact_cache, recorder=recorder, observers=observers,
-                                             on_error=opts.on_error))
+                                             on_error=opts.on_error, memo_size=opts.memo_size))
     steps = sum(1 for n in walk(plan) if isinstance(n, SemanticStep))
     if eng is not None:
         logger.info("run: %d semantic step(s) on engine %s (model %s), batch_size=%d, lineage %s",
                     steps, eng.name, eng.model, opts.batch_size, "on" if opts.lineage else "off")
-    return execute(root, ctx, plan)
+    return execute(root, ctx, plan, sink)
 
 
-def execute(root: PhysicalOp, ctx: RunContext, plan: Node) -> RunResult:
+def execute(root: PhysicalOp, ctx: RunContext, plan: Node, sink: Any = None) -> RunResult:
     """Pull every batch from ``root``; the result (also a partial one) becomes ``sf.last_run()``."""
     start = time.perf_counter()
     batches: list[Batch] = []
     error: BaseException | None = None
     try:
         for batch in root.execute(ctx):
-            batches.append(batch)
+            if sink is None:
+                batches.append(batch)
+            else:
+                sink.write(batch.frame)
     except BaseException as exc:  # noqa: BLE001 - the partial result is kept, the error re-raised
         error = exc
     finally:
         if ctx.progress is not None:
             ctx.progress.close()
+        if sink is not None:
+            try:
+                sink.close(ok=error is None)
+            except Exception as exc:  # a sink that cannot finish its file fails the run
+                error = error or exc
     result = _result(batches, plan, ctx, time.perf_counter() - start, error)
+    if sink is not None:
+        result.rows_written = sink.rows
     set_last_run(result)
     if error is not None:
         if isinstance(error, SemframeError):
@@ -125,8 +139,7 @@ def _result(batches: list[Batch], plan: Node, ctx: RunContext, seconds: float,
     return RunResult(
         df=out.frame,
         row_ids=ids,
-        lineage=ctx.recorder.to_frame(),
-        prompts=ctx.recorder.prompts_frame(),
+        recorder=ctx.recorder,
         step_metrics=sorted(ctx.metrics, key=lambda m: m.step),
         plan=plan,
         seconds=seconds,

@@ -21,8 +21,8 @@ from semframe.execution import provenance
 from semframe.execution.context import RunContext
 from semframe.execution.provenance import Batch
 from semframe.physical.base import EstimateContext, EstState, PhysicalOp
-from semframe.plan.expr import reads
-from semframe.plan.nodes import Filter, Head, Node, Relational, Scan, walk
+from semframe.plan.expr import PlExpr, reads
+from semframe.plan.nodes import Filter, Head, Node, PolarsCall, Relational, Scan, walk
 
 
 def rebatch(stream: Iterator[Batch], size: int) -> Iterator[Batch]:
@@ -104,6 +104,38 @@ class PolarsQuery(PhysicalOp):
         return []
 
 
+#: Polars methods whose output over a superset of the rows is a superset of the true output.
+_SUPERSET_METHODS = frozenset({"explode", "drop_nulls", "drop_nans", "filter"})
+
+
+def _call_reads(node: PolarsCall) -> frozenset[str] | None:
+    """The columns a polars method reads, where its arguments name them all (else None)."""
+    if len(node.calls) != 1 or node.calls[0].name not in ("explode", "drop_nulls", "drop_nans"):
+        return None
+    call = node.calls[0]
+    values = list(call.args) + [v for k, v in call.kwargs if k == "subset"]
+    names: set[str] = set()
+    for v in values:
+        for item in (v if isinstance(v, tuple) else (v,)):
+            if isinstance(item, str):
+                names.add(item)
+            elif isinstance(item, PlExpr) and not item.selects_all:
+                names |= item.root_names
+            else:
+                return None
+    return frozenset(names) if names else None  # no columns named: it reads every one
+
+
+def _keeps_supersets(node: Relational) -> bool:
+    if not isinstance(node, PolarsCall) or len(node.calls) != 1:
+        return False
+    call = node.calls[0]
+    if call.name in _SUPERSET_METHODS:
+        return True
+    how = dict(call.kwargs).get("how", "inner")
+    return call.name == "join" and how in ("inner", "semi", "cross")  # more rows in, more pairs out
+
+
 def _counted_from_metadata(lf: pl.LazyFrame) -> bool:
     """True if every scan in ``lf``'s query is in memory or a Parquet/IPC file."""
     scans = [line for line in lf.explain(optimized=False).splitlines() if "SCAN" in line]
@@ -148,15 +180,24 @@ class PolarsStep(PhysicalOp):
 
     def estimate(self, est: EstimateContext) -> EstState:
         node = self.node
-        states = [op.estimate(est) for op in self.inputs]
+        est.under_head += isinstance(node, Head)
+        try:
+            states = [op.estimate(est) for op in self.inputs]
+        finally:
+            est.under_head -= isinstance(node, Head)
         if isinstance(node, Head):
             (s,) = states
             batch = s.batch.slice(0, node.n) if s.batch is not None and s.exact else s.batch
             return EstState(batch, min(s.rows_low, node.n), min(s.rows_high, node.n), s.exact, s.unknown)
         unknown = frozenset().union(*(s.unknown for s in states))
-        read = reads(node.expressions)
+        # A polars method may name columns as strings (subset=["c"], by="c") or read them all.
+        read = _call_reads(node) if isinstance(node, PolarsCall) else reads(node.expressions)
         touches_unknown = bool(unknown) and (read is None or bool(read & unknown) or len(states) > 1)
-        if all(s.batch is not None for s in states) and not (touches_unknown and node.rows != "aligned"):
+        # Over a superset of the rows, only a step that treats rows one by one gives a superset.
+        row_by_row = (node.rows == "permutation" or (node.elementwise and node.rows in ("aligned", "subset"))
+                      or _keeps_supersets(node))
+        if (all(s.batch is not None for s in states) and not (touches_unknown and node.rows != "aligned")
+                and (row_by_row or all(s.exact for s in states))):
             out = provenance.to_batch(
                 provenance.apply(node, *(s.batch.with_carrier().lazy() for s in states)).collect())  # type: ignore[union-attr]
             written = node.produces

@@ -151,12 +151,14 @@ class RowOperator(PhysicalOp):
                 n_calls = fresh.len()
             else:
                 n_calls = valid.len()
-            exact = state.exact and state.rows_low == state.rows_high == texts.len()
+            # A head above may stop pulling rows before this step has asked about all of them.
+            exact = state.exact and state.rows_low == state.rows_high == texts.len() and not est.under_head
+            if self.dedupe and not self.exact_cache and distinct.len() > self.options.memo_size:
+                exact = False  # repeats further apart than the memo holds may be asked again
             per_row = n_calls / texts.len() if texts.len() else 0.0
             calls_low = n_calls if exact else round(min(state.rows_low * per_row, n_calls))
             calls_high = n_calls if exact else math.ceil(min(
-                state.rows_high * (valid.len() / max(texts.len(), 1)),
-                distinct.len() if self.dedupe else state.rows_high))
+                state.rows_high, distinct.len() if self.dedupe else valid.len()))
             pool = distinct.to_list()
         else:
             # Inputs written by an earlier step: every row is a call, its text is that step's answer.

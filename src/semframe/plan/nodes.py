@@ -344,7 +344,9 @@ class WithColumns(Relational):
         written = self.produces
         if needed is None or written is None:
             return (None,)
-        return (union_needed(needed - written, reads(self.exprs)),)
+        # A column it overwrites keeps its place in the output only if it comes from below.
+        new = written - set(self.child.columns)
+        return (union_needed(needed - new, reads(self.exprs)),)
 
     def describe(self) -> str:
         return "WITH_COLUMNS [" + ", ".join(map(str, self.exprs)) + "]"
