@@ -14,10 +14,17 @@ _NESTED = (pl.List, pl.Array, pl.Struct)
 
 
 def text_expr(column: str, dtype: pl.DataType) -> pl.Expr:
-    """The column as text for a prompt.
+    """The column as text for a prompt (the rule is the same for every frontend).
 
-    Strings pass through; numbers, booleans, dates and other scalars are cast with polars'
-    own formatting; lists, arrays and structs become compact JSON. Nulls stay null.
+    - strings pass through; numbers, booleans, decimals, categoricals, dates, datetimes and
+      times are cast with polars' own formatting;
+    - a float NaN is missing data: null, like a pandas NaN (the row is skipped, with a reason);
+    - a duration is ISO 8601 (``PT1M30S``);
+    - binary is decoded as UTF-8; a value that is not valid UTF-8 is null (with a reason);
+    - lists, arrays and structs become compact JSON.
+
+    Nulls stay null. Columns of Python objects are refused when the plan is built
+    (:func:`semframe.plan.template.check_renderable`).
     """
     col = pl.col(column)
     if dtype == pl.String:
@@ -26,7 +33,33 @@ def text_expr(column: str, dtype: pl.DataType) -> pl.Expr:
         wrapped = pl.struct(col.alias("v")).struct.json_encode()
         as_json = wrapped.str.strip_prefix('{"v":').str.strip_suffix("}")
         return pl.when(col.is_null()).then(pl.lit(None, dtype=pl.String)).otherwise(as_json)
+    if dtype.is_float():
+        return pl.when(col.is_nan()).then(pl.lit(None, dtype=pl.String)).otherwise(col.cast(pl.String))
+    if isinstance(dtype, pl.Duration):
+        return col.dt.to_string("iso")
+    if dtype == pl.Binary:
+        return col.map_batches(_decode_utf8, return_dtype=pl.String)
     return col.cast(pl.String)
+
+
+def _decode_utf8(values: pl.Series) -> pl.Series:
+    """Bytes as UTF-8 text; a value that is not valid UTF-8 becomes null (polars' cast would fail)."""
+    def one(b: bytes | None) -> str | None:
+        try:
+            return None if b is None else b.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    return pl.Series(values.name, [one(b) for b in values.to_list()], dtype=pl.String)
+
+
+def _unrendered_reason(column: str, dtype: pl.DataType) -> str:
+    """Why a non-null value of ``column`` has no text."""
+    if dtype.is_float():
+        return f"NaN in column {column!r} (treated as missing)"
+    if dtype == pl.Binary:
+        return f"column {column!r} holds bytes that are not valid UTF-8 text"
+    return f"the value in column {column!r} cannot be rendered as text"
 
 
 def render_exprs(template: Template, schema: pl.Schema) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
@@ -60,12 +93,18 @@ def render_texts(template: Template, batch: pl.DataFrame) -> tuple[list[str | No
     reasons: list[str | None] = [None] * len(rendered)
     if not texts.null_count():
         return rendered, reasons
-    null_cols = [c for c in template.columns if batch[c].null_count()]
     nulls = frame.get_column("has_null")
+    schema = batch.schema
     for i in texts.is_null().arg_true().to_list():
-        if nulls[i]:
-            which = [c for c in null_cols if batch[c][i] is None]
-            reasons[i] = f"null input in column {which[0]!r}" if which else "null input"
-        else:
+        if not nulls[i]:
             reasons[i] = "empty input text"
+            continue
+        for c in template.columns:
+            if batch[c][i] is None:
+                reasons[i] = f"null input in column {c!r}"
+                break
+        else:
+            bad = next((c for c in template.columns
+                        if batch.select(text_expr(c, schema[c]))[i, 0] is None), template.columns[0])
+            reasons[i] = _unrendered_reason(bad, schema[bad])
     return rendered, reasons

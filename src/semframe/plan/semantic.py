@@ -61,6 +61,7 @@ class SemanticStep(Node):
     def __post_init__(self) -> None:
         where = f"semantic.{self.operator}"
         self.template.check_columns(self.child.columns, where)
+        self.template.check_renderable(dict(self.child.schema), where)
         if self.instruction is not None and not isinstance(self.instruction, str):
             raise PlanError(f"{where}: instruction must be a string, got {type(self.instruction).__name__}")
         if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool)

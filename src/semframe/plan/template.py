@@ -103,6 +103,11 @@ class Template:
                 f"columns are {cols}"
             )
 
+    def check_renderable(self, schema: Mapping[str, Any], where: str) -> None:
+        """Raise a PlanError naming a referenced column whose values cannot become prompt text."""
+        for c in self.columns:
+            check_renderable(c, schema[c], where)
+
     def render(self, row: Mapping[str, Any]) -> str:
         """Insert the row's values (already text) literally into the template."""
         parts = self.parts
@@ -111,3 +116,26 @@ class Template:
             out.append(row[parts[k]])
             out.append(parts[k + 1])
         return "".join(out)
+
+
+def check_renderable(column: str, dtype: Any, where: str) -> None:
+    """Refuse, at plan time, a column whose values can never be rendered as text.
+
+    Every polars dtype renders (see ``semframe.execution.render.text_expr``) except Python
+    objects (``pl.Object``), anywhere inside the type.
+    """
+    import polars as pl
+
+    def has_object(dt: Any) -> bool:
+        if dt == pl.Object:
+            return True
+        inner = getattr(dt, "inner", None)
+        if inner is not None and has_object(inner):
+            return True
+        return any(has_object(f.dtype) for f in getattr(dt, "fields", ()) or ())
+
+    if has_object(dtype):
+        raise PlanError(
+            f"{where}: column {column!r} holds Python objects (dtype {dtype}), which have no text form; "
+            f"convert it first, e.g. .with_columns(pl.col({column!r}).map_elements(str, return_dtype=pl.String))"
+        )
