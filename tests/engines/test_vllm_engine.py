@@ -258,3 +258,39 @@ def test_smollm2_json_valid_over_50_requests(smollm2_engine):
     assert all(c.ok for c in done), [c.error for c in done if not c.ok][:3]
     assert all(json.loads(c.text) == c.value for c in done)
 
+
+
+def test_vllm_is_told_not_to_report_usage_statistics():
+    code = ("import os; os.environ.pop('VLLM_NO_USAGE_STATS', None); os.environ.pop('DO_NOT_TRACK', None)\n"
+            "from semframe.engines.vllm import _import_vllm\n"
+            "_import_vllm()\n"
+            "print(os.environ['VLLM_NO_USAGE_STATS'], os.environ['DO_NOT_TRACK'])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["1", "1"]
+
+
+def test_a_run_on_vllm_connects_to_nothing_outside_this_machine(tiny_model_dir):
+    # sys.addaudithook sees every socket.connect and getaddrinfo of the process, vLLM's included.
+    code = f"""
+import sys, json
+seen = []
+def hook(event, args):
+    if event in ("socket.connect", "socket.getaddrinfo", "socket.sendto"):
+        seen.append((event, repr(args[1] if event != "socket.getaddrinfo" else args[0])))
+sys.addaudithook(hook)
+import socket
+socket.getaddrinfo("localhost", 0)  # proves the hook sees lookups
+import polars as pl, semframe as sf
+engine = sf.VLLMEngine({str(tiny_model_dir)!r}, kv_cache_memory_bytes=32 << 20)
+out = pl.DataFrame({{"t": ["a", "b"]}}).semantic.classify("t", ["YES", "NO"], engine=engine, cache=False)
+print("SEEN", json.dumps(seen))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.split("SEEN", 1)[1])
+    assert seen and seen[0][0] == "socket.getaddrinfo"
+    local = ("127.", "localhost", "::1", "'/", "0.0.0.0", "None", "''")
+    outside = [s for s in seen if not any(mark in s[1] for mark in local)]
+    assert outside == [], outside

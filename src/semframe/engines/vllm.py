@@ -58,6 +58,10 @@ def _import_vllm() -> Any:
     # vLLM logs every start-up at INFO, its whole config included; semframe logs its own start
     # ("starting vLLM ...") on the "semframe" logger. Set VLLM_LOGGING_LEVEL to see vLLM's.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    # vLLM reports usage statistics over the network unless told not to (on GPU builds); a
+    # library must not phone home. Users who want to share them set these to 0 themselves.
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     try:
         import vllm
     except ImportError as exc:
@@ -348,10 +352,42 @@ class VLLMEngine(Engine):
         """The prompt token ids of ``messages`` under the model's chat template.
 
         The template adds the special tokens and the assistant turn's opening; the result is
-        exactly what the model is given.
+        exactly what the model is given. Message contents are tokenized as text
+        (``split_special_tokens``): a row holding ``<|im_end|>`` or ``<|im_start|>system`` gets
+        the characters, never the special tokens, so data can never open a new turn.
         """
+        marks = [f"\ue000{i}\ue001" for i in range(len(messages))]  # private-use sentinels
         text = self._tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in messages],
+            [{"role": m.role, "content": mark} for m, mark in zip(messages, marks)],
+            tokenize=False,
+            add_generation_prompt=True,
+            chat_template=self._chat_template,
+        )
+        encode = self._tokenizer.encode
+        ids: list[int] = []
+        pos = 0
+        for message, mark in zip(messages, marks):
+            at = text.find(mark, pos)
+            if at < 0:  # a template that rewrites contents: render whole, contents' specials escaped
+                return self._render_escaped(messages)
+            ids += encode(text[pos:at], add_special_tokens=False)
+            ids += encode(message.content, add_special_tokens=False, split_special_tokens=True)
+            pos = at + len(mark)
+        ids += encode(text[pos:], add_special_tokens=False)
+        return ids
+
+    def _render_escaped(self, messages: Sequence[Message]) -> list[int]:
+        """Fallback of :meth:`render`: special-token strings in contents broken by a zero-width space."""
+        specials = sorted(self._tokenizer.all_special_tokens, key=len, reverse=True)
+
+        def escape(content: str) -> str:
+            for tok in specials:
+                if len(tok) > 1 and tok in content:
+                    content = content.replace(tok, tok[0] + "\u200b" + tok[1:])
+            return content
+
+        text = self._tokenizer.apply_chat_template(
+            [{"role": m.role, "content": escape(m.content)} for m in messages],
             tokenize=False,
             add_generation_prompt=True,
             chat_template=self._chat_template,
