@@ -145,3 +145,13 @@ def test_optimizer_treats_unknown_methods_as_barriers(df, engine):
     text = plan.explain()
     assert text.index("FILTER") < text.index("POLARS .with_row_index") < text.index("SEMANTIC")
     assert plan.collect(engine=engine, cache=False)["i"].to_list() == [3, 4]
+
+
+def test_duckdb_lazy_input_with_progress_shown(tmp_path, capsys):
+    duckdb = pytest.importorskip("duckdb")
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t AS SELECT i AS id, 'review ' || i AS review FROM range(30) r(i)")
+    lf = con.sql("SELECT id, review FROM t").pl(lazy=True)
+    out = lf.semantic.classify("review", ["pos", "neg"]).collect(engine=sf.DeterministicEngine(), progress=True,
+                                                                 cache=False)
+    assert out.height == 30  # counting rows for progress never fails a run (nor reads the source twice)
