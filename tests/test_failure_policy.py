@@ -103,3 +103,20 @@ def test_an_engine_that_breaks_its_contract_is_named(df, engine, message):
 
 def test_raw_completion_type_is_what_engines_return():
     assert RawCompletion("A").finish_reason == "stop"
+
+
+def test_a_cached_answer_that_no_longer_fits_is_asked_again(df):
+    from semframe.cache import open_exact_cache
+    from semframe.engines.base import Completion
+
+    engine = sf.DeterministicEngine()
+    plan(df).run(engine, batch_size=4, cache=False)  # only to learn the requests the plan makes
+    cache = open_exact_cache()
+    first = engine.batches[0][0]
+    # Plant an answer outside the label set under the first request's key (a tampered file,
+    # or an engine that did not enforce the labels when it was stored).
+    cache.put_many(engine.fingerprint(), [(first.key, first, Completion("MAYBE", "MAYBE", "stop"))])
+    again = sf.DeterministicEngine()
+    run = plan(df).run(again, batch_size=4)
+    assert again.requests_seen == 12 and run.metrics["cache_rejects"].to_list() == [1]
+    assert run.df["c"].is_in(["A", "B"]).all()

@@ -81,6 +81,7 @@ class StepMetrics:
     engine_batches: int = 0
     engine_retries: int = 0  # engine calls repeated after the engine raised
     engine_failures: int = 0  # requests the engine could not answer even alone (null, with the error)
+    cache_rejects: int = 0  # cached answers that no longer fit their spec (asked again)
     dedup_hits: int = 0
     exact_cache_hits: int = 0
     semantic_cache_hits: int = 0

@@ -26,6 +26,7 @@ that error is raised as it is.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from typing import Any, Protocol
 from semframe.engines.base import Completion, Engine, Request
 from semframe.errors import EngineFailure, PlanError, SemframeError
 from semframe.execution.lineage import LineageRecorder, Outcome, StepMetrics
+
+logger = logging.getLogger("semframe")
 
 
 @dataclass
@@ -172,7 +175,11 @@ class AnswerResolver:
         if pending and use_exact:
             hits = self.exact_cache.get_many(self.fingerprint, set(pending))
             for gk in [gk for gk in pending if gk in hits]:
-                self._fan_out(step, hits[gk], "exact_cache", keyed[gk].key, pending.pop(gk), ids, outcomes)
+                comp = _revalidated(hits[gk], keyed[gk])
+                if comp is None:  # a stored answer that no longer fits its spec: ask again
+                    step.metrics.cache_rejects += 1
+                    continue
+                self._fan_out(step, comp, "exact_cache", keyed[gk].key, pending.pop(gk), ids, outcomes)
         if not pending:
             return outcomes
         order = list(pending)
@@ -297,6 +304,20 @@ class AnswerResolver:
                 memo[key] = (comp, ids[first])
                 if len(memo) > self.memo_size:
                     memo.popitem(last=False)  # the oldest answer (O(1), unlike a dict's first key)
+
+
+def _revalidated(comp: Completion, request: Request) -> Completion | None:
+    """A cached answer parsed again from its raw text against the request's spec (None if it does
+    not fit): what the cache file says is never trusted on its own."""
+    if comp.text is None:
+        return None
+    try:
+        value = request.spec.parse(comp.text)
+    except Exception as exc:  # OutputError, or a broken stored text
+        logger.warning("exact cache: a stored answer does not fit its spec (%s); asking the engine again", exc)
+        return None
+    return Completion(comp.text, value, comp.finish_reason, comp.prompt_tokens, comp.cached_prompt_tokens,
+                      comp.output_tokens, comp.latency_s)
 
 
 def _count_retry(step: StepInfo) -> None:

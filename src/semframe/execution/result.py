@@ -31,7 +31,7 @@ from semframe.plan.nodes import Node
 _METRIC_DTYPES = {
     "step": pl.Int32, "operator": pl.String, "column": pl.String, "rows_in": pl.Int64, "rows_out": pl.Int64,
     "selectivity": pl.Float64, "engine_requests": pl.Int64, "engine_batches": pl.Int64,
-    "engine_retries": pl.Int64, "engine_failures": pl.Int64, "dedup_hits": pl.Int64,
+    "engine_retries": pl.Int64, "engine_failures": pl.Int64, "cache_rejects": pl.Int64, "dedup_hits": pl.Int64,
     "exact_cache_hits": pl.Int64, "semantic_cache_hits": pl.Int64, "skipped": pl.Int64, "errors": pl.Int64,
     "prompt_tokens": pl.Int64, "cached_prompt_tokens": pl.Int64, "output_tokens": pl.Int64,
     "engine_seconds": pl.Float64, "seconds": pl.Float64, "rows_per_s": pl.Float64, "tokens_per_s": pl.Float64,
