@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from semframe.engines.base import Request
-from semframe.plan.spec import ChoiceSpec, JsonSpec, OutputSpec, TextSpec
+from semframe.plan.spec import ChoiceSpec, FieldType, JsonSpec, OutputSpec, TextSpec
 
 TokenCounter = Callable[[str], int]
 
@@ -69,13 +69,24 @@ _TYPICAL_VALUE = {"str": "a typical short value", "int": 1234, "float": 12.5, "b
 _EMPTY_VALUE = {"str": "", "int": 0, "float": 0, "bool": True}
 
 
+def _sample(ft: FieldType, values: dict[str, Any]) -> Any:
+    """A short (``_EMPTY_VALUE``) or typical (``_TYPICAL_VALUE``) answer to one field."""
+    kind = ft.kind
+    if kind == "struct":
+        return {name: _sample(sub, values) for name, sub in ft.fields}
+    if kind == "enum":
+        if values is _EMPTY_VALUE:
+            return min(ft.values, key=lambda v: len(json.dumps(v)))
+        return ft.values[0]
+    if kind == "list":
+        item = _sample(ft.item, values)  # type: ignore[arg-type]
+        return [] if values is _EMPTY_VALUE else [item, item]
+    return values[kind]
+
+
 def _json_answer(spec: JsonSpec, values: dict[str, Any]) -> str:
-    obj = {}
-    for name, ft in spec.fields:
-        kind = ft.item if ft.kind == "list" else ft.kind
-        value = values[kind]
-        obj[name] = ([value, value] if value != "" else []) if ft.kind == "list" else value
-    return json.dumps(obj, separators=(",", ":"))
+    obj = {name: _sample(ft, values) for name, ft in spec.fields}
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
 def output_tokens(spec: OutputSpec, max_tokens: int, count: TokenCounter = heuristic_count_tokens) -> TokenRange:

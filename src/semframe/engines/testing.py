@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from semframe.engines.base import Engine, RawCompletion, Request
+from semframe.errors import OutputError
 from semframe.plan.spec import ChoiceSpec, FieldType, JsonSpec, TextSpec
 
 #: The output specs the engine can answer without a responder.
@@ -29,9 +30,53 @@ def _digest(request: Request) -> int:
 
 
 def _fake_value(ft: FieldType, seed: int) -> Any:
-    kind = ft.item if ft.kind == "list" else ft.kind
-    scalar = {"str": f"v{seed % 997}", "int": seed % 2000, "float": (seed % 1000) / 10, "bool": seed % 2 == 0}[kind]
-    return [scalar] * (1 + seed % 3) if ft.kind == "list" else scalar
+    """A value of type ``ft`` that fits its bounds, chosen by ``seed`` (never null: a real model
+    answers where it can). Structs fill every field; lists hold 1-3 items where their bounds allow."""
+    kind = ft.kind
+    if kind == "struct":
+        return {name: _fake_value(sub, seed + i) for i, (name, sub) in enumerate(ft.fields)}
+    if kind == "list":
+        lo, hi = ft.length_bounds
+        n = min(max(1 + seed % 3, lo), hi)
+        item = ft.item
+        if item.kind in ("str", "int", "float", "bool"):  # one value repeated, as it always was
+            return [_fake_value(item, seed)] * n
+        return [_fake_value(item, seed + j) for j in range(n)]
+    if kind == "enum":
+        return ft.values[seed % len(ft.values)]
+    if kind == "str":
+        lo, hi = ft.length_bounds
+        text = f"v{seed % 997}"
+        return (text + "x" * max(0, lo - len(text)))[:hi]
+    if kind == "int":
+        lo, hi = ft.int_bounds
+        value = seed % 2000
+        return value if lo <= value <= hi else lo + seed % (hi - lo + 1)
+    if kind == "float":
+        return _fake_float(ft, seed)
+    return seed % 2 == 0
+
+
+def _fake_float(ft: FieldType, seed: int) -> float:
+    value = (seed % 1000) / 10
+    if ft.minimum is None and ft.maximum is None and ft.exclusive_minimum is None and ft.exclusive_maximum is None:
+        return value
+    lows = [b for b in (ft.minimum, ft.exclusive_minimum) if b is not None]
+    highs = [b for b in (ft.maximum, ft.exclusive_maximum) if b is not None]
+    lo, hi = (max(lows) if lows else None), (min(highs) if highs else None)
+    if lo is not None and hi is not None:
+        candidates = [lo + (hi - lo) * ((seed % 999) + 1) / 1000, (lo + hi) / 2, lo, hi]
+    elif lo is not None:
+        candidates = [lo + value + 0.5, lo + 1.0, lo]
+    else:
+        candidates = [hi - value - 0.5, hi - 1.0, hi]  # type: ignore[operator]
+    for candidate in candidates:
+        try:
+            ft.coerce(float(candidate), "x")
+            return float(candidate)
+        except OutputError:
+            continue
+    return float(candidates[-1])  # bounds that leave (almost) nothing: the parse will say so
 
 
 class DeterministicEngine(Engine):
@@ -47,6 +92,9 @@ class DeterministicEngine(Engine):
         request with any other output spec gets an error for its row (the batch still runs).
     model
         The model name it reports (part of its fingerprint).
+    keep_batches
+        Keep every batch it was asked in :attr:`batches` (default; tests read them). ``False``
+        keeps only the count (``requests_seen``), for runs of millions of rows.
 
     Examples
     --------
@@ -62,11 +110,15 @@ class DeterministicEngine(Engine):
     name = "deterministic"
     constrained_decoding = True
 
-    def __init__(self, responder: Callable[[Request], str] | None = None, *, model: str = "deterministic-v1"):
+    def __init__(self, responder: Callable[[Request], str] | None = None, *, model: str = "deterministic-v1",
+                 keep_batches: bool = True):
         super().__init__()
         self._responder = responder
         self._model = model
-        #: Every batch handed to the engine, in order.
+        self._keep = keep_batches
+        self._seen = 0
+        #: Every batch handed to the engine, in order (empty with ``keep_batches=False``, which
+        #: keeps the engine's memory flat for very large runs; ``requests_seen`` still counts).
         self.batches: list[list[Request]] = []
 
     @property
@@ -75,7 +127,7 @@ class DeterministicEngine(Engine):
 
     @property
     def requests_seen(self) -> int:
-        return sum(len(b) for b in self.batches)
+        return self._seen
 
     def fingerprint(self) -> str:
         # A responder is code that decides answers: engines with different responders must not
@@ -95,14 +147,17 @@ class DeterministicEngine(Engine):
         if isinstance(spec, ChoiceSpec):
             return spec.labels[seed % len(spec.labels)]
         if isinstance(spec, JsonSpec):
-            return json.dumps({name: _fake_value(ft, seed + i) for i, (name, ft) in enumerate(spec.fields)})
+            return json.dumps({name: _fake_value(ft, seed + i) for i, (name, ft) in enumerate(spec.fields)},
+                              ensure_ascii=False)
         if isinstance(spec, TextSpec):
             words = request.messages[-1].content.split()
             return "echo: " + " ".join(words[: max(1, request.max_tokens - 1)])
         raise TypeError(_unsupported(spec))
 
     def _generate(self, requests: Sequence[Request]) -> list[RawCompletion]:
-        self.batches.append(list(requests))
+        self._seen += len(requests)
+        if self._keep:
+            self.batches.append(list(requests))
         return [self._answer_one(req) for req in requests]
 
     def _answer_one(self, request: Request) -> RawCompletion:

@@ -47,12 +47,16 @@ def _semantic_cache(value: bool | float | None, where: str) -> float | None:
     raise PlanError(f"{where}: semantic_cache must be True, False or a similarity threshold in (0, 1], got {value!r}")
 
 
-def _labels(labels: Any) -> tuple[str, ...]:
+def _labels(labels: Any) -> ChoiceSpec:
+    """The label set of a classify: at least two non-empty strings, stripped (see ChoiceSpec)."""
     if isinstance(labels, str) or not isinstance(labels, Sequence):
         raise PlanError(
             f"semantic.classify: labels must be a list of strings such as ['YES', 'NO'], got {labels!r}"
         )
-    return tuple(labels)
+    try:
+        return ChoiceSpec(tuple(labels))
+    except PlanError as exc:
+        raise PlanError(f"semantic.classify: {exc}") from None
 
 
 class SemanticVerbs:
@@ -98,7 +102,7 @@ class SemanticVerbs:
         plan = self._plan()
         where = "semantic.classify"
         node = SemClassify(
-            plan, resolve_template(column, plan.columns, where), instruction, ChoiceSpec(_labels(labels)),
+            plan, resolve_template(column, plan.columns, where), instruction, _labels(labels),
             name, max_tokens, temperature, cache=cache, semantic_cache=_semantic_cache(semantic_cache, where),
         )
         return self._finish(node, run_options)

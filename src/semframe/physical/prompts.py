@@ -15,21 +15,81 @@ lays it out.
 
 from __future__ import annotations
 
+import json
+
 from semframe.engines.base import Message, Request, requests_sharing
-from semframe.plan.spec import JsonSpec, OutputSpec
+from semframe.plan.spec import FieldType, JsonSpec, OutputSpec
 
 _KIND_WORDS = {"str": "string", "int": "integer", "float": "number", "bool": "true or false"}
 
 
+def _type_words(ft: FieldType) -> str:
+    """One field's type in words: ``integer``, ``list of strings``, ``one of "a", "b"``,
+    ``object with "name" (string), ...``."""
+    kind = ft.kind
+    if kind in _KIND_WORDS:
+        return _KIND_WORDS[kind] + _bounds_words(ft)
+    if kind == "enum":
+        return "one of " + ", ".join(json.dumps(v, ensure_ascii=False) for v in ft.values)
+    if kind == "struct":
+        return "object with " + _fields_words(ft.fields)
+    item = ft.item
+    assert item is not None
+    if ft.min_length or ft.max_length is not None:
+        lo, hi = ft.length_bounds
+        count = f" ({lo} to {hi} items)" if lo else f" (at most {hi} items)"
+    else:
+        count = ""
+    if item.kind in _KIND_WORDS and not item.nullable and not item.description and not _bounds_words(item):
+        return f"list of {_KIND_WORDS[item.kind]}s{count}"  # as it always read: keeps prompts (and cache keys)
+    if item.kind == "struct" and not item.nullable and not item.description:
+        return f"list of objects{count}, each with " + _fields_words(item.fields)
+    return f"list{count}, each item {_field_words(item)}"
+
+
+def _bounds_words(ft: FieldType) -> str:
+    """The bounds a schema declares itself (semframe's own limits are left to the JSON schema)."""
+    if ft.kind in ("int", "float"):
+        lo = ft.minimum if ft.minimum is not None else ft.exclusive_minimum
+        hi = ft.maximum if ft.maximum is not None else ft.exclusive_maximum
+        lo_op = ">=" if ft.minimum is not None else ">"
+        hi_op = "<=" if ft.maximum is not None else "<"
+        parts = ([f"{lo_op} {lo}"] if lo is not None else []) + ([f"{hi_op} {hi}"] if hi is not None else [])
+        return f" {' and '.join(parts)}" if parts else ""
+    if ft.kind == "str" and (ft.min_length or ft.max_length is not None):
+        lo, hi = ft.length_bounds
+        return f" of {lo} to {hi} characters" if lo else f" of at most {hi} characters"
+    return ""
+
+
+def _field_words(ft: FieldType) -> str:
+    words = _type_words(ft)
+    if ft.nullable:
+        # "or null" after a nested description would read as part of its last field
+        words = f"null or {words}" if ft.kind == "struct" or ", each" in words else f"{words} or null"
+    if ft.description:
+        words += "; " + " ".join(ft.description.split())
+    return words
+
+
+def _fields_words(fields: tuple[tuple[str, FieldType], ...]) -> str:
+    return ", ".join(f"{json.dumps(name, ensure_ascii=False)} ({_field_words(ft)})" for name, ft in fields)
+
+
 def field_words(spec: JsonSpec) -> str:
-    """The fields of a JSON spec in words, for the answer-format line of a prompt."""
-    parts = []
-    for name, ft in spec.fields:
-        words = f"list of {_KIND_WORDS[ft.item]}s" if ft.kind == "list" else _KIND_WORDS[ft.kind]
-        if ft.nullable:
-            words += " or null"
-        parts.append(f'"{name}" ({words})')
-    return ", ".join(parts)
+    """The fields of a JSON spec in words, for the answer-format line of a prompt.
+
+    Each field is its key (the key the model must write: a pydantic alias where there is one),
+    its type, ``or null`` where it is Optional, and its description after a semicolon; nested
+    objects and lists of objects name their own fields the same way.
+
+    >>> from typing import Literal, Optional
+    >>> field_words(JsonSpec.from_schema({"year": int, "tags": list[str], "tone": Optional[Literal["calm", "angry"]]}))
+    '"year" (integer), "tags" (list of strings), "tone" (one of "calm", "angry" or null)'
+    >>> field_words(JsonSpec.from_schema({"people": [{"name": str}]}))
+    '"people" (list of objects, each with "name" (string))'
+    """
+    return _fields_words(spec.fields)
 
 
 class RequestBuilder:
