@@ -81,7 +81,7 @@ class Budget:
                 f"stopped before {where or 'an engine batch'}: its {len(requests):,} requests could use up to "
                 f"{prompt + output:,} tokens ({prompt:,} prompt + {output:,} output at max_tokens), taking the "
                 f"run past max_tokens={self.max_tokens:,} (spent {self.spent_tokens:,}). Everything answered "
-                "so far is in err.result and in the cache; rerun with a larger max_tokens to go on.",
+                "so far is in err.result (and in the exact cache, when it is on); rerun with a larger max_tokens to go on.",
                 spent_tokens=self.spent_tokens, spent_usd=self.spent_usd,
             )
         if self.max_cost is not None:
@@ -92,8 +92,8 @@ class Budget:
                     f"stopped before {where or 'an engine batch'}: its {len(requests):,} requests would take "
                     f"~{seconds:.3g} engine s, bringing the local cost to ~${predicted:.6f} > max_cost="
                     f"${self.max_cost:g} (spent ${self.spent_usd:.6f} at ${self.machine.hourly_usd:g}/h, "  # type: ignore[union-attr]
-                    f"{self.machine.name}). Everything answered so far is in err.result and in the "  # type: ignore[union-attr]
-                    "cache; rerun with a larger max_cost to go on.",
+                    f"{self.machine.name}). Everything answered so far is in err.result (and in the "  # type: ignore[union-attr]
+                    "exact cache, when it is on); rerun with a larger max_cost to go on.",
                     spent_tokens=self.spent_tokens, spent_usd=self.spent_usd,
                 )
 

@@ -187,13 +187,15 @@ def finish(request: Request, raw: RawCompletion, latency_s: float) -> Completion
 class Engine(ABC):
     """Base class of engines.
 
-    Subclasses set :attr:`name`, implement :meth:`_generate` and :meth:`fingerprint`, and may
-    override :meth:`count_tokens` and :meth:`close`.
+    Subclasses set :attr:`name`, implement :attr:`model`, :meth:`_generate` and
+    :meth:`fingerprint`, and may override :meth:`count_tokens` and :meth:`close`. The contract
+    every engine must keep is tested by ``tests/engines/test_contract.py``.
     """
 
-    #: Short name shown in explain() and lineage, e.g. "vllm" or "deterministic".
+    #: Short name shown in the run log, e.g. "vllm" or "deterministic".
     name: str = "engine"
-    #: Whether the engine enforces the output spec while decoding (choice / JSON schema).
+    #: Whether the engine enforces the output spec while decoding (choice / JSON schema); every
+    #: answer is checked against its spec either way.
     constrained_decoding: bool = False
 
     def __init__(self) -> None:

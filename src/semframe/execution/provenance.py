@@ -75,9 +75,13 @@ class Batch:
         if len(batches) == 1:
             return batches[0]
         frame = pl.concat([b.frame for b in batches], how="vertical")
-        try:
+        shapes = {b.ids.dtype for b in batches if b.ids.dtype != pl.Null}
+        if len(shapes) == 1:  # batches that lost their provenance are nulls of the same shape
+            (shape,) = shapes
+            ids = pl.concat([b.ids if b.ids.dtype == shape else b.ids.cast(shape) for b in batches])
+        elif not shapes:
             ids = pl.concat([b.ids for b in batches])
-        except pl.exceptions.PolarsError:  # provenance of different shapes: keep them as they are
+        else:  # provenance of different shapes (rare): keep each value as it is
             ids = pl.Series(CARRIER, [v for b in batches for v in b.ids.to_list()], dtype=pl.Object)
         return Batch(frame, ids)
 

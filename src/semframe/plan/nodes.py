@@ -619,9 +619,9 @@ class PolarsCall(Relational):
 
     ``inputs[0]`` is the frame the method is called on; frames passed as arguments (the other
     side of a join) are further inputs, referred to by :class:`InputRef` in ``calls``. The
-    optimizer does not look inside: it is a barrier that rules move nothing through (unless a
-    method is known, see :attr:`rows`). How row ids travel through it is the executor's
-    business (:mod:`semframe.execution.provenance`).
+    optimizer does not look inside: it is a barrier (``rows == "other"``) that rules move nothing
+    through. How row ids travel through it is :mod:`semframe.execution.provenance`'s business
+    (known methods keep them; any other method gives null provenance).
     """
 
     inputs: tuple[Node, ...]
