@@ -156,7 +156,10 @@ def test_streaming_file_source_in_small_batches(tmp_path, engine):
 
 def test_lazy_steps_reject_run_options(titles, engine):
     with pytest.raises(TypeError, match="collect"):
-        titles.lazy().semantic.classify("title", ["A", "B"], engine=engine)
+        titles.lazy().semantic.classify("title", ["A", "B"], batch_size=4)
+    # engine= on a lazy step is the step's own engine (a model per step), not a run option.
+    step = titles.lazy().semantic.classify("title", ["A", "B"], engine=engine)
+    assert step.collect(cache=False).height == titles.height and engine.requests_seen
 
 
 def test_empty_input(engine):

@@ -25,6 +25,7 @@ from semframe.execution.context import RunOptions, last_run
 from semframe.execution.result import RunResult
 from semframe.frontends import polars as _polars_front  # noqa: F401  (registers the namespaces)
 from semframe.frontends.lazy import SemLazyFrame
+from semframe.frontends.scans import deserialize, scan_csv, scan_ipc, scan_ndjson, scan_parquet
 
 if importlib.util.find_spec("pandas") is not None:
     from semframe.frontends import pandas as _pandas_front  # noqa: F401
@@ -50,9 +51,15 @@ __all__ = [
     "VLLMEngine",
     "accounting",
     "configure",
+    "deserialize",
+    "duckdb",
     "last_run",
     "register_machine_price",
     "register_price",
+    "scan_csv",
+    "scan_ipc",
+    "scan_ndjson",
+    "scan_parquet",
     "unregister_price",
 ]
 
@@ -62,4 +69,8 @@ def __getattr__(name: str) -> Any:
         from semframe.engines.vllm import VLLMEngine
 
         return VLLMEngine
+    if name == "duckdb":  # sf.duckdb.register(con): SQL functions (imports duckdb only when used)
+        import importlib
+
+        return importlib.import_module("semframe.frontends.duckdb")
     raise AttributeError(f"module 'semframe' has no attribute {name!r}")

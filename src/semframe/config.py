@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ logger.addHandler(logging.NullHandler())
 
 @dataclass
 class Settings:
-    engine: Any = None  # an Engine, or None for the default local vLLM engine
+    engine: Any = None  # an Engine or an engine name, or None for the default local vLLM engine
+    engines: dict[str, Any] = field(default_factory=dict)  # name -> Engine, or a function that makes one
     batch_size: int = 512
     cache: bool = True
     cache_dir: Path | None = None

@@ -18,7 +18,8 @@ from semframe.execution.context import RunOptions
 _UNSET: Any = object()
 
 
-def configure(*, engine: Any = _UNSET, batch_size: int = _UNSET, cache: bool = _UNSET,
+def configure(*, engine: Any = _UNSET, engines: dict[str, Any] | None = _UNSET, batch_size: int = _UNSET,
+              cache: bool = _UNSET,
               cache_dir: str | os.PathLike | None = _UNSET, lineage: bool = _UNSET,
               progress: bool | None = _UNSET, dedupe: bool = _UNSET, prompt_layout: str = _UNSET,
               machine: str | None = _UNSET, hourly_price: float | None = _UNSET,
@@ -28,8 +29,14 @@ def configure(*, engine: Any = _UNSET, batch_size: int = _UNSET, cache: bool = _
     Parameters
     ----------
     engine
-        The engine every run uses unless ``collect(engine=...)`` says otherwise. ``None``
-        restores the default: a local vLLM engine on the default model, started on first use.
+        The engine every run uses unless ``collect(engine=...)`` or a step's ``engine=`` says
+        otherwise: an engine object or a name (see ``engines``). ``None`` restores the default:
+        a local vLLM engine on the default model, started on first use.
+    engines
+        Engines by name, for steps and runs to name: ``{"small": sf.VLLMEngine(...),
+        "big": lambda: sf.VLLMEngine(...)}`` (an engine, or a function of no arguments that makes
+        one the first time a step needs it). Replaces the registered names; ``{}`` clears them.
+        Built-in names: ``"deterministic"``, ``"vllm"``, and any model folder path.
     batch_size
         Rows per engine batch.
     cache
@@ -56,9 +63,25 @@ def configure(*, engine: Any = _UNSET, batch_size: int = _UNSET, cache: bool = _
         The sentence-transformers model the semantic cache embeds with (a folder or a name);
         None: the packaged all-MiniLM-L6-v2.
     """
+    if engines is not _UNSET:
+        if engines is None:
+            engines = {}
+        if not isinstance(engines, dict):
+            raise TypeError(f"engines must be a dict of name -> engine, got {type(engines).__name__}")
+        for name, value in engines.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"engine names must be non-empty strings, got {name!r}")
+            if not (isinstance(value, Engine) or callable(value)):
+                raise TypeError(f"engines[{name!r}] must be an Engine or a function that makes one, "
+                                f"got {type(value).__name__}")
+        settings.engines = dict(engines)
     if engine is not _UNSET:
-        if engine is not None and not isinstance(engine, Engine):
-            raise TypeError(f"engine must be a semframe Engine or None, got {type(engine).__name__}")
+        if engine is not None and not isinstance(engine, (Engine, str)):
+            raise TypeError(f"engine must be a semframe Engine, an engine name or None, got {type(engine).__name__}")
+        if isinstance(engine, str):
+            from semframe.engines.registry import check_engine
+
+            check_engine(engine, "sf.configure(engine=...)")
         settings.engine = engine
     run_values = {k: v for k, v in dict(batch_size=batch_size, cache=cache, lineage=lineage, progress=progress,
                                         dedupe=dedupe, prompt_layout=prompt_layout).items() if v is not _UNSET}

@@ -157,3 +157,27 @@ def test_sampled_steps_keep_one_sample_per_row_and_rerun_from_the_cache(batch_si
     assert engine.requests_seen == 4
     assert again.df["m"].to_list() == first.df["m"].to_list()
     assert set(again.lineage["source"]) == {"exact_cache"}
+
+
+def test_a_run_opens_the_database_once_not_per_batch(monkeypatch):
+    """Issue 10, item 16: the store used to open (and close) the DuckDB file twice per engine batch,
+    ~20 ms each; now a run opens it once and keeps it while it uses it (the throughput figures:
+    benchmarks/cache_throughput.py)."""
+    import duckdb
+
+    opens = []
+    real = duckdb.connect
+
+    def counting(*args, **kwargs):
+        opens.append(args[0] if args else kwargs.get("database"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(duckdb, "connect", counting)
+    df = pl.DataFrame({"title": [f"t{i}" for i in range(400)]})
+    engine = sf.DeterministicEngine()
+    _classify(df).run(engine, batch_size=20)  # 20 engine batches: 20 lookups, 20 inserts
+    assert len(engine.batches) == 20
+    assert len(opens) == 1  # was 40
+    again = _classify(df).run(sf.DeterministicEngine(), batch_size=20)
+    assert again.engine_requests == 0
+    assert len(opens) <= 2  # at most one more (if the first was closed after a second unused)

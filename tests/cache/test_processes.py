@@ -1,26 +1,18 @@
-"""Real processes: a run killed mid-way resumes from the cache; two processes share one cache."""
+"""Real processes: a run killed mid-way resumes from the cache; two processes share one cache;
+kill -9 at random moments loses no answer and repeats at most one batch per kill."""
 
 from __future__ import annotations
 
-import os
+import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import semframe as sf
 from semframe.cache import open_exact_cache
+from tests.cache.trials import corrupt_files, kill_trial
+from tests.cache.trials import start as _start
 from tests.cache.worker import plan
-
-WORKER = str(Path(__file__).with_name("worker.py"))
-ROOT = str(Path(__file__).parents[2])
-
-
-def _start(cache_dir, n_rows, batch_size, sleep_s, progress, offset=0):
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, WORKER, str(cache_dir), str(n_rows), str(batch_size), str(sleep_s), str(progress), str(offset)]
-    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _lines(path: Path) -> int:
@@ -66,3 +58,27 @@ def test_two_processes_share_one_cache(tmp_path):
     engine = sf.DeterministicEngine()
     plan(180).run(engine, batch_size=64)
     assert engine.requests_seen == 0
+
+
+def test_kill_9_at_random_moments_loses_nothing_and_repeats_at_most_a_batch(tmp_path):
+    """A handful of kills (the full run of 20+: benchmarks/kill_trials.py), each resuming the
+    previous one's work on the same cache."""
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    cache_dir = tmp_path / "cache"
+    n_rows, batch = 240, 10
+    trials = []
+    for k in range(4):
+        trial = kill_trial(cache_dir, tmp_path / f"progress{k}", rng, n_rows=n_rows, batch_size=batch, sleep_s=0.01)
+        trials.append(trial)
+        assert trial.lost <= 0, (seed, trials)
+        assert trial.repeated <= batch, (seed, trials)
+        assert not corrupt_files(cache_dir), (seed, trials)
+    sf.configure(cache_dir=cache_dir)
+    engine = sf.DeterministicEngine()
+    resumed = plan(n_rows).run(engine, batch_size=batch)
+    assert engine.requests_seen == n_rows - trials[-1].after
+    asked = sum(t.asked for t in trials) + engine.requests_seen
+    assert asked <= n_rows + len(trials) * batch, (seed, trials)
+    sf.configure(cache_dir=tmp_path / "fresh")
+    assert resumed.df.equals(plan(n_rows).run(sf.DeterministicEngine(), batch_size=batch).df)

@@ -89,5 +89,7 @@ def test_summary_and_html_render(reviews):
     run = reviews.lazy().semantic.classify("text", ["good", "bad"]).run(sf.DeterministicEngine(), cache=False)
     assert "4 requests" in run.summary() and "cpu-2vcpu" in run.summary()
     page = run._repr_html_()
-    assert page.count("<table") == 2 and "metrics" in page and "lineage" in page
+    tables, _, profile = page.partition("<details>")  # the metrics and lineage tables, then the folded profile
+    assert tables.count("<table") == 2 and "metrics" in tables and "lineage" in tables
+    assert "PROFILE" in profile and "where the time went" in profile
     assert "<table" in run.cost._repr_html_()

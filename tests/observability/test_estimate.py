@@ -76,7 +76,9 @@ def test_file_scans_and_no_semantic_steps(tmp_path, reviews):
     assert "no semantic steps" in str(sf.SemLazyFrame.from_data(reviews).estimate())
     html = plan._repr_html_()
     assert "call .estimate()" in html  # displaying a file-backed plan does not read the file
-    assert "<table" in sf.SemLazyFrame.from_data(reviews).semantic.classify("text", ["a", "b"])._repr_html_()
+    # In memory: the drawn plan carries the estimate (per operator, and the totals).
+    page = sf.SemLazyFrame.from_data(reviews).semantic.classify("text", ["a", "b"])._repr_html_()
+    assert "engine calls" in page and "ESTIMATE" in page and "total: 4 engine calls" in page
 
 
 def test_selectivity_is_checked(reviews):

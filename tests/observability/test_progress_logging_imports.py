@@ -92,7 +92,8 @@ def test_notebook_mode_updates_one_display(monkeypatch):
     p.rows(2)
     p.close()
     assert [kind for kind, _ in shown] == ["display", "update", "update"]
-    assert "4/4 rows" in shown[-1][1] and shown[-1][1].startswith("<pre")
+    # One HTML table (a row and a bar per step), no widget library.
+    assert "4/4 rows" in shown[-1][1] and shown[-1][1].startswith("<div class='semframe-progress'")
 
 
 def test_runs_log_what_they_do(caplog):

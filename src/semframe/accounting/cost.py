@@ -20,6 +20,7 @@ from typing import Any
 
 import polars as pl
 
+from semframe.accounting.estimate import text_table
 from semframe.accounting.prices import TOKEN_PRICES, MachinePrice, format_usd
 from semframe.accounting.throughput import DEFAULT_THROUGHPUT
 from semframe.accounting.tokens import TokenCounter, heuristic_count_tokens
@@ -103,27 +104,50 @@ class CostReport:
         return pl.DataFrame(rows, schema=schema)
 
     def __str__(self) -> str:
-        saved = sum(self.saved_requests.values())
+        m = self.machine
         kinds = ", ".join(f"{k} {v:,}" for k, v in self.saved_requests.items() if v) or "none"
+        saved = sum(self.saved_requests.values())
         lines = [
-            f"local: {format_usd(self.local_usd)} = {self.engine_seconds:.4g} engine s x ${self.machine.hourly_usd:g}/h "
-            f"({self.machine.name}, as listed {self.machine.as_of or 'by you'})",
-            f"tokens: {self.prompt_tokens:,} prompt ({self.cached_prompt_tokens:,} from the prefix cache), "
-            f"{self.output_tokens:,} output, {self.engine_requests:,} engine requests",
-            f"reused answers (free): {saved:,} ({kinds}); saved ~{format_usd(self.saved_local_usd)} locally, "
-            f"~{self.saved_prompt_tokens + self.saved_output_tokens:,.0f} tokens",
-            "as API calls (USD per 1M tokens in/cached/out -> cost, saved):",
+            f"COST (local: {format_usd(self.local_usd)} = {self.engine_seconds:.4g} engine s x "
+            f"${m.hourly_usd:g}/h, {m.name}, as listed {m.as_of or 'by you'})",
+            text_table(
+                ("", "requests", "prompt tokens", "prefix-cached", "output tokens", "engine s", "local cost"),
+                [("engine", f"{self.engine_requests:,}", f"{self.prompt_tokens:,}", f"{self.cached_prompt_tokens:,}",
+                  f"{self.output_tokens:,}", f"{self.engine_seconds:.4g}", format_usd(self.local_usd)),
+                 ("reused (free, est.)", f"{saved:,}", f"~{self.saved_prompt_tokens:,.0f}",
+                  f"~{self.saved_cached_prompt_tokens:,.0f}", f"~{self.saved_output_tokens:,.0f}",
+                  f"~{self.saved_engine_seconds:.4g}", f"~{format_usd(self.saved_local_usd)} saved")],
+            ),
+            f"reused answers by kind: {kinds}",
+            "the same tokens as API calls (USD per 1M tokens):",
         ]
-        for row in self.api().iter_rows(named=True):
-            lines.append(
-                f"  {row['model']:<28} {row['input_usd_per_m']:g}/{row['cached_input_usd_per_m']:g}/"
-                f"{row['output_usd_per_m']:g} -> {format_usd(row['cost_usd'])}, saved {format_usd(row['saved_usd'])}"
-            )
+        rows = [(r["model"], f"{r['input_usd_per_m']:g}", f"{r['cached_input_usd_per_m']:g}",
+                 f"{r['output_usd_per_m']:g}", format_usd(r["cost_usd"]), format_usd(r["saved_usd"]), r["as_of"])
+                for r in self.api().iter_rows(named=True)]
+        if rows:
+            table = text_table(("model", "input", "cached", "output", "cost", "saved", "as of"), rows)
+            lines.extend("  " + line for line in table.splitlines())
+        else:
+            lines.append("  no API prices registered (sf.register_price)")
         return "\n".join(lines)
 
+    def __repr__(self) -> str:
+        return str(self)
+
     def _repr_html_(self) -> str:
-        head = "<br>".join(html.escape(line) for line in str(self).splitlines()[:3])
-        return f"<div><p>{head}</p>{self.api().drop('source')._repr_html_()}</div>"
+        lines = str(self).splitlines()
+        head = html.escape(lines[0])
+        table = pl.DataFrame({
+            "": ["engine", "reused (free, est.)"],
+            "requests": [self.engine_requests, sum(self.saved_requests.values())],
+            "prompt_tokens": [float(self.prompt_tokens), self.saved_prompt_tokens],
+            "output_tokens": [float(self.output_tokens), self.saved_output_tokens],
+            "engine_seconds": [self.engine_seconds, self.saved_engine_seconds],
+            "local_usd": [self.local_usd, self.saved_local_usd],
+        })
+        kinds = html.escape(next(line for line in lines if line.startswith("reused answers by kind")))
+        return (f"<div><p><b>{head}</b></p>{table._repr_html_()}<p>{kinds}</p>"
+                f"<p>the same tokens as API calls:</p>{self.api().drop('source')._repr_html_()}</div>")
 
 
 def cost_report(step_metrics: Sequence[Any], machine: MachinePrice, *, lineage: pl.DataFrame | None = None,

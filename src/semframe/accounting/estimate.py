@@ -140,25 +140,49 @@ class PlanEstimate:
 
     # ------------------------------------------------------------------ display
 
+    def step_seconds(self, s: StepEstimate) -> tuple[float, float]:
+        """One step's (low, high) engine seconds."""
+        return (self.throughput.seconds(s.prompt_tokens_low, s.output_tokens_low),
+                self.throughput.seconds(s.prompt_tokens_high, s.output_tokens_high))
+
+    def step_local_usd(self, s: StepEstimate) -> tuple[float, float]:
+        """One step's (low, high) local cost."""
+        lo, hi = self.step_seconds(s)
+        return self.machine.cost(lo), self.machine.cost(hi)
+
+    def table(self) -> str:
+        """The steps as a text table: rows, skipped, engine calls, tokens, time and cost of each."""
+        header = ("step", "operator", "rows", "skipped", "engine calls", "prompt tok/call", "output tok/call",
+                  "tokens", "time", "cost")
+        rows = []
+        for s in self.steps:
+            name = s.operator + (f" -> {s.column}" if s.column else "")
+            o_lo, _, o_hi = s.output_tokens_per_call
+            t_lo, t_hi = self.step_seconds(s)
+            u_lo, u_hi = self.step_local_usd(s)
+            rows.append((
+                str(s.step), name, _rng(s.rows_high, s.rows_high) if s.rows_exact else _rng(s.rows_low, s.rows_high),
+                f"{s.skipped:,}" if s.rows_exact or not s.skipped else f"<={s.skipped:,}",
+                _rng(s.calls_low, s.calls_high),
+                f"~{s.prompt_tokens_per_call:,.0f}", _rng(o_lo, o_hi),
+                _rng(s.prompt_tokens_low + s.output_tokens_low, s.prompt_tokens_high + s.output_tokens_high),
+                _secs_rng(t_lo, t_hi), _usd_rng(u_lo, u_hi),
+            ))
+        return text_table(header, rows, left=(1,))
+
     def __str__(self) -> str:
         lines = [f"ESTIMATE (before running; tokens by {self.tokenizer})"]
-        for s in self.steps:
-            name = f"{s.operator}" + (f" -> {s.column}" if s.column else "")
-            rows = f"{s.rows_high:,} rows" if s.rows_exact else f"{_rng(s.rows_low, s.rows_high)} rows"
-            skip = f", {s.skipped:,} null/empty skipped" if s.skipped and s.rows_exact else ""
-            o_lo, _, o_hi = s.output_tokens_per_call
-            lines.append(
-                f"  step {s.step} {name}: {rows}{skip} -> {_rng(s.calls_low, s.calls_high)} engine calls; "
-                f"~{s.prompt_tokens_per_call:,.0f} prompt + {_rng(o_lo, o_hi)} output tokens per call"
-            )
         if not self.steps:
             lines.append("  no semantic steps: no engine calls")
             return "\n".join(lines)
+        lines.extend("  " + line for line in self.table().splitlines())
         (c_lo, c_hi), (p_lo, p_hi), (o_lo, o_hi) = self.calls, self.prompt_tokens, self.output_tokens
         t_lo, t_hi = self.seconds
         u_lo, u_hi = self.local_usd
+        skipped = sum(s.skipped for s in self.steps if s.rows_exact)
+        skip = f"; {skipped:,} null/empty skipped" if skipped else ""
         lines.append(f"  total: {_rng(c_lo, c_hi)} engine calls, {_rng(p_lo, p_hi)} prompt tokens, "
-                     f"{_rng(o_lo, o_hi)} output tokens")
+                     f"{_rng(o_lo, o_hi)} output tokens{skip}")
         lines.append(f"  time: {_secs(t_lo)} - {_secs(t_hi)} ({self.throughput.basis})")
         lines.append(f"  cost: {format_usd(u_lo)} - {format_usd(u_hi)} local ({self.machine.name} at ${self.machine.hourly_usd:g}/h)")
         api = "; ".join(f"{m} {format_usd(lo)} - {format_usd(hi)}" for m, (lo, hi) in self.api_usd().items())
@@ -167,10 +191,42 @@ class PlanEstimate:
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 
+    def __repr__(self) -> str:
+        return str(self)
+
     def _repr_html_(self) -> str:
         text = str(self).splitlines()
-        body = "<br>".join(html.escape(line.strip()) for line in text[len(self.steps) + 1:])
+        body = "<br>".join(html.escape(line.strip()) for line in text if line.startswith(("  total", "  time",
+                                                                                          "  cost", "  same", "  note")))
+        if not self.steps:
+            body = html.escape(text[-1].strip())
         return f"<div><p><b>{html.escape(text[0])}</b></p>{self.to_frame()._repr_html_()}<p>{body}</p></div>"
+
+
+def text_table(header: tuple[str, ...], rows: list[tuple[str, ...]], left: tuple[int, ...] = (0,)) -> str:
+    """A plain text table: the columns in ``left`` left-aligned, the others right-aligned.
+
+    >>> print(text_table(("name", "n"), [("a", "1"), ("bb", "22")]))
+    name   n
+    a      1
+    bb    22
+    """
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+
+    def fmt(r: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+
+    return "\n".join(fmt(r) for r in (header, *rows))
+
+
+def _secs_rng(lo: float, hi: float) -> str:
+    a, b = _secs(lo), _secs(hi)
+    return a if a == b else f"{a} - {b}"
+
+
+def _usd_rng(lo: float, hi: float) -> str:
+    a, b = format_usd(lo), format_usd(hi)
+    return a if a == b else f"{a} - {b}"
 
 
 def _rng(lo: float, hi: float) -> str:

@@ -144,12 +144,11 @@ class Embedder:
 def _load_embeddings(store: AnswerStore, model_id: str, digests: list[str]) -> dict[str, np.ndarray]:
     from semframe.cache.arrow import vectors_from
 
-    with store.connect() as con:
-        table = con.sql(
-            "SELECT text_hash, embedding FROM embeddings "
-            "WHERE model = ? AND text_hash IN (SELECT unnest(?::VARCHAR[]))",
-            params=[model_id, digests],
-        ).to_arrow_table()
+    table = store.run(lambda con, _h: con.sql(
+        "SELECT text_hash, embedding FROM embeddings "
+        "WHERE model = ? AND text_hash IN (SELECT unnest(?::VARCHAR[]))",
+        params=[model_id, digests],
+    ).to_arrow_table())
     if table.num_rows == 0:
         return {}
     vecs = vectors_from(table.column("embedding"))
@@ -166,10 +165,11 @@ def _save_embeddings(store: AnswerStore, model_id: str, digests: list[str], vecs
         "text_hash": pa.array(digests, pa.string()),
         "embedding": vectors_array(vecs),
     })
-    with store.connect() as con:
+    def insert(con, _handle):
         con.register("new_embeddings", batch)
         con.execute("INSERT INTO embeddings SELECT * FROM new_embeddings ON CONFLICT DO NOTHING")
-        con.unregister("new_embeddings")
+
+    store.run(insert, write=True)
 
 
 _embedders: dict[str | None, Embedder] = {}

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from semframe.cache.index import VectorIndex
-from semframe.cache.store import answer_columns, stored_answer
+from semframe.cache.store import storable_answers, stored_answer
 from semframe.engines.base import Completion
 
 if TYPE_CHECKING:
@@ -222,11 +222,10 @@ class SemanticCache:
 def _load_entries(store: AnswerStore, step_key: str) -> tuple[np.ndarray, list[Completion]]:
     from semframe.cache.arrow import vectors_from
 
-    with store.connect() as con:
-        table = con.sql(
-            "SELECT embedding, value_json, raw_output, finish_reason FROM semantic "
-            "WHERE step_key = ? ORDER BY seq", params=[step_key],
-        ).to_arrow_table()
+    table = store.run(lambda con, _h: con.sql(
+        "SELECT embedding, value_json, raw_output, finish_reason FROM semantic "
+        "WHERE step_key = ? ORDER BY seq", params=[step_key],
+    ).to_arrow_table())
     if table.num_rows == 0:
         return np.zeros((0, 0), dtype=np.float32), []
     values = table.column("value_json").to_pylist()
@@ -242,18 +241,26 @@ def _save_entries(store: AnswerStore, step_key: str, vecs: np.ndarray, completio
 
     from semframe.cache.arrow import vectors_array
 
-    n = len(completions)
+    keep, columns = storable_answers(completions)  # an answer that cannot be stored is skipped
+    if not keep:
+        return
+    if len(keep) != len(completions):
+        vecs = vecs[keep]
+        text_hashes = [text_hashes[i] for i in keep]
+    n = len(keep)
     batch = pa.table({
         "step_key": pa.array([step_key] * n, pa.string()),
         "text_hash": pa.array(text_hashes, pa.string()),
         "embedding": vectors_array(vecs),
-        **answer_columns(completions),
+        **{name: pa.array(col, pa.string()) for name, col in columns.items()},
         "created_at": pa.array([time.time()] * n, pa.float64()),
     })
-    with store.connect() as con:
+
+    def insert(con, _handle):
         con.register("new_entries", batch)
         con.execute(
             "INSERT INTO semantic (step_key, text_hash, embedding, value_json, raw_output, finish_reason, "
             "created_at) SELECT * FROM new_entries"
         )
-        con.unregister("new_entries")
+
+    store.run(insert, write=True)

@@ -13,7 +13,7 @@ import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import Any
 
@@ -130,6 +130,9 @@ class RawCompletion:
     cached_prompt_tokens: int = 0
     output_tokens: int = 0
     error: str | None = None
+    #: For a choice: label -> probability (the engine's distribution over the labels at the
+    #: answer's first position, summing to 1), where the engine knows it; else None.
+    probabilities: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,14 @@ class Completion:
     ``value`` is the parsed answer (a label, a dict, a string) or None; when it is None because
     something went wrong, ``error`` says what. ``finish_reason`` is the engine's ("stop",
     "length") or "error".
+
+    ``probabilities`` (a choice only, where the engine can tell): each label's probability, in
+    the spec's label order, summing to 1 -- for :class:`~semframe.engines.vllm.VLLMEngine` the
+    model's distribution over the labels at the one position where it picks the label (see
+    docs/engines.md, "Labels in one decode step"). None for other specs, for an answer with an
+    error, and where the engine does not know them (a grammar-decoded choice, an answer read
+    back from the persistent cache). Not part of equality: two completions with the same answer
+    compare equal.
     """
 
     text: str | None
@@ -149,6 +160,7 @@ class Completion:
     output_tokens: int = 0
     latency_s: float = 0.0
     error: str | None = None
+    probabilities: dict[str, float] | None = field(default=None, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -181,7 +193,7 @@ def finish(request: Request, raw: RawCompletion, latency_s: float) -> Completion
         value = request.spec.parse(text)
     except OutputError as exc:
         return Completion(text, None, raw.finish_reason, p, c, o, latency_s, str(exc))
-    return Completion(text, value, raw.finish_reason, p, c, o, latency_s)
+    return Completion(text, value, raw.finish_reason, p, c, o, latency_s, probabilities=raw.probabilities)
 
 
 class Engine(ABC):

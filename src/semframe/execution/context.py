@@ -102,10 +102,20 @@ class RunContext:
     recorder: LineageRecorder
     progress: Any = None
     metrics: list[StepMetrics] = field(default_factory=list)
+    #: The machine price the run is charged at (read once, when it starts).
+    machine: Any = None
 
     @property
     def model(self) -> str:
         return self.engine.model if self.engine is not None else ""
+
+    def engine_for(self, ref: Any) -> Any:
+        """The engine a step names (an engine or a name), or the run's engine for None."""
+        if ref is None:
+            return self.engine
+        from semframe.engines.registry import resolve_engine
+
+        return resolve_engine(ref)
 
 
 # --------------------------------------------------------------------------- the last run

@@ -5,8 +5,9 @@ Every output cell of every semantic step gets one lineage record: the input row 
 row made of several input rows -- a join's pair, a group -- ``row_id`` is null and
 ``provenance`` names them as JSON, e.g. ``{"left": 3, "right": 7}`` or ``[0, 4, 9]``), the step, the request (by key; the prompt
 text is kept once per distinct request), the model, how it was answered, the raw and parsed
-answer, the tokens and the time. Records are appended in columnar lists, so recording costs a
-few list appends per row.
+answer, the label probabilities of a choice (``probabilities``: a list of ``{label,
+probability}`` in label order, where the engine gave them; null otherwise), the tokens and the
+time. Records are appended in columnar lists, so recording costs a few list appends per row.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ LINEAGE_SCHEMA = {
     "similarity": pl.Float64,
     "raw_output": pl.String,
     "value": pl.String,
+    "probabilities": pl.List(pl.Struct({"label": pl.String, "probability": pl.Float64})),
     "error": pl.String,
     "finish_reason": pl.String,
     "prompt_tokens": pl.Int64,
@@ -66,6 +68,7 @@ class Outcome:
     latency_s: float = 0.0
     source_row_id: int | None = None
     similarity: float | None = None
+    probabilities: dict[str, float] | None = None
 
 
 @dataclass
@@ -117,8 +120,8 @@ class StepMetrics:
 
 
 #: The Outcome fields that become lineage columns, in LINEAGE_SCHEMA order.
-_OUTCOME_FIELDS = ("request_key", "source", "source_row_id", "similarity", "raw_output", "value", "error",
-                   "finish_reason", "prompt_tokens", "cached_prompt_tokens", "output_tokens", "latency_s")
+_OUTCOME_FIELDS = ("request_key", "source", "source_row_id", "similarity", "raw_output", "value", "probabilities",
+                   "error", "finish_reason", "prompt_tokens", "cached_prompt_tokens", "output_tokens", "latency_s")
 _fields_of = attrgetter(*_OUTCOME_FIELDS)
 
 
@@ -207,6 +210,7 @@ class LineageRecorder:
             for name, values in zip(_OUTCOME_FIELDS, zip(*rows)):
                 cols[name].extend(values)
         cols["value"] = _values_text(cols["value"])
+        cols["probabilities"] = _probabilities_column(cols["probabilities"])
         cols["row_id"] = pl.concat(row_ids).alias("row_id")
         cols["provenance"] = pl.concat(composite).alias("provenance")
         return pl.DataFrame({k: cols[k] for k in LINEAGE_SCHEMA}, schema=LINEAGE_SCHEMA)
@@ -235,6 +239,15 @@ def _provenance_text(ids: pl.Series) -> pl.Series:
     if ids.dtype == pl.Object:
         return pl.Series([None if v is None else json.dumps(v, default=str) for v in ids], dtype=pl.String)
     return pl.Series([None if v is None else json.dumps(v, default=str) for v in ids.to_list()], dtype=pl.String)
+
+
+def _probabilities_column(values: list[dict[str, float] | None]) -> pl.Series:
+    """Label probabilities as lineage stores them: ``[{label, probability}, ...]`` per cell."""
+    dtype = LINEAGE_SCHEMA["probabilities"]
+    if all(v is None for v in values):
+        return pl.Series("probabilities", [None] * len(values), dtype=dtype)
+    return pl.Series("probabilities", [None if v is None else [{"label": k, "probability": p} for k, p in v.items()]
+                                       for v in values], dtype=dtype)
 
 
 def _values_text(values: list[Any]) -> list[str | None] | pl.Series:

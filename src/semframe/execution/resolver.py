@@ -55,6 +55,11 @@ class StepInfo:
     exact_cache: bool = True
     semantic_threshold: float | None = None
     semantic_key: dict[str, Any] = field(default_factory=dict)
+    #: The step's own engine (a model per step); None: the run's engine.
+    engine: Engine | None = None
+    #: The step shows label probabilities: an earlier answer without them (the persistent cache
+    #: stores none) is asked again, so every answered row has them where the engine gives them.
+    probabilities: bool = False
 
     @property
     def where(self) -> str:
@@ -111,24 +116,34 @@ class AnswerResolver:
         self.recorder = recorder or LineageRecorder(enabled=False)
         self._before = [o.before_engine_batch for o in observers if hasattr(o, "before_engine_batch")]
         self._after = [o.after_engine_batch for o in observers if hasattr(o, "after_engine_batch")]
-        self._memo: OrderedDict[str, tuple[Completion, int | None]] = OrderedDict()
+        self._memos: dict[str, OrderedDict[str, tuple[Completion, int | None]]] = {}  # per engine fingerprint
         self._samples: dict[str, int] = {}
         self._semantic: dict[int, Any] = {}
-        self._fingerprint: str | None = None
+        self._fingerprints: dict[int, str] = {}
         #: Every semantic-cache reuse of the run (for ``audit_semantic_cache``).
         self.semantic_hits: list[Any] = []
 
-    @property
-    def fingerprint(self) -> str:
-        """The engine's fingerprint, computed once (it keys the caches)."""
-        if self._fingerprint is None:
-            self._fingerprint = self._engine().fingerprint()
-        return self._fingerprint
-
-    def _engine(self) -> Engine:
-        if self.engine is None:
+    def engine_of(self, step: StepInfo) -> Engine:
+        """The engine that answers ``step``: its own, else the run's."""
+        engine = step.engine if step.engine is not None else self.engine
+        if engine is None:
             raise PlanError("a semantic step needs an engine; pass engine=... or sf.configure(engine=...)")
-        return self.engine
+        return engine
+
+    def fingerprint_of(self, step: StepInfo) -> str:
+        """The fingerprint of the step's engine, computed once per engine (it keys the caches)."""
+        engine = self.engine_of(step)
+        fp = self._fingerprints.get(id(engine))
+        if fp is None:
+            fp = self._fingerprints[id(engine)] = engine.fingerprint()
+        return fp
+
+    def _memo_of(self, step: StepInfo) -> OrderedDict[str, tuple[Completion, int | None]]:
+        fp = self.fingerprint_of(step) if step.engine is not None else ""
+        memo = self._memos.get(fp)
+        if memo is None:
+            memo = self._memos[fp] = OrderedDict()
+        return memo
 
     # ------------------------------------------------------------------ resolution
 
@@ -148,15 +163,15 @@ class AnswerResolver:
         # entry, so a rerun gives every row its own sample back).
         pending: dict[str, list[int]] = {}
         keyed: dict[str, Request] = {}
-        memo = self._memo
+        memo = self._memo_of(step) if step.dedupe else None
         remember = self.recorder.remember_prompt if self.recorder.enabled else None
         for i, req in enumerate(requests):
             if req is None:
                 continue
             key = req.key
             if step.dedupe:
-                hit = memo.get(key)
-                if hit is not None:
+                hit = memo.get(key)  # type: ignore[union-attr]
+                if hit is not None and not (step.probabilities and hit[0].probabilities is None):
                     outcomes[i] = _outcome(hit[0], "dedup", key, source_row_id=hit[1], free=True)
                     continue
                 group_key = key
@@ -173,9 +188,11 @@ class AnswerResolver:
             else:
                 rows.append(i)
         if pending and use_exact:
-            hits = self.exact_cache.get_many(self.fingerprint, set(pending))
+            hits = self.exact_cache.get_many(self.fingerprint_of(step), set(pending))
             for gk in [gk for gk in pending if gk in hits]:
                 comp = _revalidated(hits[gk], keyed[gk])
+                if comp is not None and step.probabilities and comp.probabilities is None:
+                    continue  # the step shows probabilities and this answer has none: ask again
                 if comp is None:  # a stored answer that no longer fits its spec: ask again
                     step.metrics.cache_rejects += 1
                     continue
@@ -237,7 +254,7 @@ class AnswerResolver:
             from semframe.cache.semantic import SemanticCache, semantic_step_key
 
             embedder = default_embedder()
-            key = semantic_step_key({**step.semantic_key, "engine": self.fingerprint}, embedder.model_id)
+            key = semantic_step_key({**step.semantic_key, "engine": self.fingerprint_of(step)}, embedder.model_id)
             store = getattr(self.exact_cache, "store", None) if step.exact_cache else None
             cache = SemanticCache(key, step.semantic_threshold, embedder, store,  # type: ignore[arg-type]
                                   hits=self.semantic_hits)
@@ -253,7 +270,7 @@ class AnswerResolver:
         completions = self._generate(step, batch)
         step.metrics.engine_batches += 1
         if step.exact_cache and self.exact_cache is not None:
-            self.exact_cache.put_many(self.fingerprint,
+            self.exact_cache.put_many(self.fingerprint_of(step),
                                       [(k, r, c) for k, r, c in zip(cache_keys, batch, completions) if c.ok])
         for after in self._after:
             after(step, completions)
@@ -263,7 +280,7 @@ class AnswerResolver:
         """One engine batch under the failure policy (see the module docstring)."""
         import tenacity
 
-        engine = self._engine()
+        engine = self.engine_of(step)
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(max(1, self.attempts)),
             wait=tenacity.wait_exponential_jitter(multiplier=self.backoff_s, max=2.0, jitter=self.backoff_s),
@@ -299,7 +316,7 @@ class AnswerResolver:
             for i in rows[1:]:
                 outcomes[i] = reused
         if step.dedupe:
-            memo = self._memo
+            memo = self._memo_of(step)
             if key not in memo:
                 memo[key] = (comp, ids[first])
                 if len(memo) > self.memo_size:
@@ -317,7 +334,7 @@ def _revalidated(comp: Completion, request: Request) -> Completion | None:
         logger.warning("exact cache: a stored answer does not fit its spec (%s); asking the engine again", exc)
         return None
     return Completion(comp.text, value, comp.finish_reason, comp.prompt_tokens, comp.cached_prompt_tokens,
-                      comp.output_tokens, comp.latency_s)
+                      comp.output_tokens, comp.latency_s, probabilities=comp.probabilities)
 
 
 def _count_retry(step: StepInfo) -> None:
@@ -329,6 +346,7 @@ def _outcome(comp: Completion, source: str, key: str, *, source_row_id: int | No
     """An Outcome from a completion; ``free`` rows reuse an answer and cost no tokens."""
     if free:
         return Outcome(comp.value, source, key, comp.text, comp.error, comp.finish_reason,
-                       source_row_id=source_row_id, similarity=similarity)
+                       source_row_id=source_row_id, similarity=similarity, probabilities=comp.probabilities)
     return Outcome(comp.value, source, key, comp.text, comp.error, comp.finish_reason, comp.prompt_tokens,
-                   comp.cached_prompt_tokens, comp.output_tokens, comp.latency_s, source_row_id, similarity)
+                   comp.cached_prompt_tokens, comp.output_tokens, comp.latency_s, source_row_id, similarity,
+                   comp.probabilities)

@@ -26,6 +26,7 @@ from semframe.accounting.cost import CostReport, cost_report
 from semframe.accounting.prices import MachinePrice, format_usd, machine_price
 from semframe.accounting.tokens import heuristic_count_tokens
 from semframe.execution.lineage import LineageRecorder, StepMetrics
+from semframe.execution.profile import Profile
 from semframe.plan.nodes import Node
 
 _METRIC_DTYPES = {
@@ -79,6 +80,14 @@ class RunResult:
         Every semantic-cache reuse of the run (what ``audit_semantic_cache`` re-asks).
     rows_written
         Rows a ``sink_*`` run wrote to its file (then ``df`` is empty); None otherwise.
+    physical
+        The root of the physical operators that ran (what :meth:`profile` draws); None for a
+        result made by hand.
+    operator_stats
+        ``id(operator) -> OpStats``: rows, batches and time of each operator (see
+        :mod:`semframe.execution.profile`).
+    options
+        The run's :class:`~semframe.execution.context.RunOptions`.
     """
 
     df: pl.DataFrame
@@ -94,6 +103,9 @@ class RunResult:
     error: str | None = None
     semantic_hits: list[Any] = field(default_factory=list, repr=False)
     rows_written: int | None = None
+    physical: Any = field(default=None, repr=False)
+    operator_stats: dict[int, Any] = field(default_factory=dict, repr=False)
+    options: Any = field(default=None, repr=False)
 
     @cached_property
     def lineage(self) -> pl.DataFrame:
@@ -231,10 +243,33 @@ class RunResult:
             f"cost: {format_usd(c.local_usd)} local ({c.machine.name} at ${c.machine.hourly_usd:g}/h)"
         )
 
+    def profile(self) -> Profile:
+        """What each operator did, like polars' ``profile()`` or SQL's EXPLAIN ANALYZE.
+
+        The operator tree that ran, each operator with its rows in and out, engine calls,
+        answers reused (dedup, exact and semantic cache), tokens, own seconds and cost, and two
+        charts: where the time went and where the money went. ``print(run.profile())`` shows it
+        as a table; in Jupyter it draws as a tree; ``.to_frame()`` has one row per operator.
+
+        Examples
+        --------
+        >>> import polars as pl, semframe as sf
+        >>> r = pl.DataFrame({"t": ["a", "b", "a"]}).lazy().semantic.map("Say {t}", name="m").run(
+        ...     sf.DeterministicEngine(), cache=False)
+        >>> r.profile().to_frame()["operator"].to_list()
+        ['SEMANTIC MAP → m', 'POLARS QUERY']
+        """
+        rows = self.df.height if self.rows_written is None else self.rows_written
+        optimized = True if self.options is None else bool(getattr(self.options, "optimize", True))
+        return Profile(self.physical, self.operator_stats, self.step_metrics, self.machine, self.seconds, rows,
+                       complete=self.complete, optimized=optimized, error=self.error)
+
     def __repr__(self) -> str:
         return f"<RunResult>\n{self.summary()}"
 
     def _repr_html_(self) -> str:
         summary = "<br>".join(html.escape(line) for line in self.summary().splitlines())
         return (f"<div><p>{summary}</p><p><b>metrics</b></p>{self.metrics._repr_html_()}"
-                f"<p><b>lineage</b> ({self.lineage.height:,} cells)</p>{self.lineage.head(10)._repr_html_()}</div>")
+                f"<p><b>lineage</b> ({self.lineage.height:,} cells)</p>{self.lineage.head(10)._repr_html_()}"
+                f"<details><summary><b>profile</b> (what each operator did; also <code>.profile()</code>)"
+                f"</summary>{self.profile()._repr_html_()}</details></div>")

@@ -17,7 +17,6 @@ It is what ``pl.LazyFrame.semantic.<verb>`` returns, and it has the whole ``pl.L
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterable, Mapping, Sequence
 from functools import reduce
 from typing import Any
@@ -50,7 +49,6 @@ from semframe.plan.nodes import (
     empty_frame,
     freeze,
     thaw,
-    walk,
 )
 
 #: Run options every runner accepts (``collect``, ``run``, ``sink_*``, eager verbs).
@@ -87,6 +85,61 @@ def _split_run_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: kwargs.pop(k) for k in list(kwargs) if k in RUN_OPTIONS}
 
 
+def _planning_options() -> tuple[str, ...]:
+    """What ``explain()`` and ``estimate()`` accept as ``**options`` (RunOptions' fields)."""
+    from dataclasses import fields
+
+    return tuple(f.name for f in fields(RunOptions))
+
+
+def unexpected_arguments(where: str, given: Iterable[str], allowed: Sequence[str], *,
+                         note: str = "") -> TypeError:
+    """A TypeError naming ``where``, each unexpected argument (with the closest valid one) and the valid ones."""
+    import difflib
+
+    parts = []
+    for name in sorted(given):
+        close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+        parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    noun = "argument" if len(parts) == 1 else "arguments"
+    return TypeError(f"{where} got an unexpected {noun} {', '.join(parts)}; "
+                     f"its options are {', '.join(allowed)}{note}")
+
+
+def verb_options(operator: str) -> tuple[str, ...]:
+    """The keyword options of semantic verb ``operator`` (``"classify"`` ...), in signature order."""
+    import inspect
+
+    sig = inspect.signature(getattr(SemanticVerbs, operator))
+    return tuple(p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def check_verb_options(operator: str, run_options: Mapping[str, Any], *, eager: bool) -> None:
+    """Raise a clear TypeError for an argument a semantic verb does not take.
+
+    An eager verb (``pl.DataFrame.semantic``, pandas) also takes the run options; a lazy step
+    takes none (they go to ``collect()``).
+    """
+    where = f"semantic.{operator}()"
+    own = verb_options(operator)
+    runs = tuple(o for o in RUN_OPTIONS if o not in own)
+    if eager:
+        unknown = [k for k in run_options if k not in runs]
+        if unknown:
+            raise unexpected_arguments(where, unknown, own + runs)
+        return
+    if not run_options:
+        return
+    misplaced = sorted(k for k in run_options if k in runs)
+    unknown = [k for k in run_options if k not in runs]
+    if unknown:
+        note = (f" (run options such as {', '.join(misplaced)} go to .collect() or .run())" if misplaced else "")
+        raise unexpected_arguments(where, unknown, own, note=note)
+    raise TypeError(f"{where}: {', '.join(misplaced)} {'is a run option' if len(misplaced) == 1 else 'are run options'}"
+                    f" and a lazy step takes none; pass {', '.join(f'{k}=...' for k in misplaced)} to .collect() "
+                    "or .run()")
+
+
 class SemLazyFrame:
     """A lazy plan over a table; nothing runs until :meth:`collect`.
 
@@ -118,6 +171,11 @@ class SemLazyFrame:
     @property
     def semantic(self) -> _PlanVerbs:
         """The semantic verbs: ``classify``, ``filter``, ``extract``, ``map``."""
+        return _PlanVerbs(self)
+
+    @property
+    def sf(self) -> _PlanVerbs:
+        """The alias of :attr:`semantic` (as ``.sf`` is on polars and pandas frames)."""
         return _PlanVerbs(self)
 
     @property
@@ -228,6 +286,8 @@ class SemLazyFrame:
         from semframe.physical.sinks import SINKS
 
         options = _split_run_options(kwargs)
+        if options.get("engine") is not None:
+            existing_engine(options["engine"])  # a clear error for anything but an Engine
         sink = SINKS[method](path, self.collect_schema(), **kwargs)
         return run_plan(self._plan_node, sink=sink, **options)
 
@@ -263,6 +323,39 @@ class SemLazyFrame:
         """Run the plan and write the result to an Arrow IPC file (``compression``; see :meth:`sink_parquet`)."""
         return self._sink("sink_ipc", path, kwargs)
 
+    # ------------------------------------------------------------------ plans as files
+
+    def serialize(self, file: Any = None, *, embed_limit: int | None = 1 << 20) -> str | None:
+        """The whole plan as a versioned JSON plan file (``sf.deserialize`` reads it back).
+
+        Scans of files are saved by path and options (build them with ``sf.scan_parquet`` ...),
+        small in-memory data is embedded as Arrow IPC (at most ``embed_limit`` bytes, default 1 MiB;
+        None: no limit), polars expressions in polars' JSON form, semantic steps with every option.
+        A plan holding Python code (``pipe``, a UDF expression, a function argument) is refused.
+        With ``file`` (a path or a text file object) the JSON is written there and None returned.
+        The format is described in ``docs/cli.md`` ("Plan files").
+
+        Examples
+        --------
+        >>> import polars as pl, semframe as sf
+        >>> plan = pl.DataFrame({"t": ["a", "b"]}).lazy().semantic.classify("t", ["YES", "NO"], name="c")
+        >>> again = sf.deserialize(plan.serialize())
+        >>> again.collect(engine=sf.DeterministicEngine()).columns
+        ['t', 'c']
+        """
+        from semframe.plan.serialize import dumps
+
+        text = dumps(self._plan_node, embed_limit=embed_limit)
+        if file is None:
+            return text
+        if hasattr(file, "write"):
+            file.write(text)
+        else:
+            from pathlib import Path
+
+            Path(file).expanduser().write_text(text + "\n", encoding="utf-8")
+        return None
+
     # ------------------------------------------------------------------ inspection and execution
 
     def explain(self, *, optimized: bool = True, estimate: bool = False, engine: Any = None,
@@ -295,18 +388,24 @@ class SemLazyFrame:
           POLARS QUERY
             SCAN LazyFrame [title]
         """
+        _check_planning_options("explain()", options, extra=("optimized", "estimate", "engine", "filter_selectivity"))
+        head, root = self._physical(optimized, options)
+        text = f"{head}\n{render(root)}"
+        if not estimate:
+            return text
+        est = estimate_plan(self._plan_node, existing_engine(engine), filter_selectivity=filter_selectivity,
+                            **{**options, "optimize": optimized})
+        return f"{text}\n{est}"
+
+    def _physical(self, optimized: bool, options: Mapping[str, Any]) -> tuple[str, Any]:
+        """The header that says which plan is shown, and its physical operators."""
         opts = RunOptions.resolve(_settings(), **{**options, "optimize": optimized})
         if optimized:
             plan, applied = optimize_traced(self._plan_node, RULES)
             head = f"PLAN (optimized; rewrites: {', '.join(applied) if applied else 'none'})"
         else:
             plan, head = self._plan_node, "PLAN (as built, not optimized)"
-        text = f"{head}\n{render(plan_physical(plan, opts))}"
-        if not estimate:
-            return text
-        est = estimate_plan(self._plan_node, existing_engine(engine), filter_selectivity=filter_selectivity,
-                            **{**options, "optimize": optimized})
-        return f"{text}\n{est}"
+        return head, plan_physical(plan, opts)
 
     def estimate(self, engine: Any = None, *, filter_selectivity: float = 0.5, **options: Any) -> PlanEstimate:
         """Estimate engine calls, tokens, time and cost of running the plan, without running it.
@@ -323,6 +422,7 @@ class SemLazyFrame:
         >>> est.calls
         (2, 2)
         """
+        _check_planning_options("estimate()", options, extra=("engine", "filter_selectivity"))
         return estimate_plan(self._plan_node, existing_engine(engine), filter_selectivity=filter_selectivity,
                              **options)
 
@@ -373,25 +473,37 @@ class SemLazyFrame:
         >>> r.metrics.select("rows_in", "engine_requests", "dedup_hits").row(0)
         (3, 2, 1)
         """
+        if engine is not None:
+            existing_engine(engine)  # a clear error for anything but an Engine, also when no step needs one
         return run_plan(self._plan_node, engine=engine, batch_size=batch_size, cache=cache, lineage=lineage,
                         optimize=optimize, max_cost=max_cost, max_tokens=max_tokens, progress=progress,
                         dedupe=dedupe, prompt_layout=prompt_layout, on_error=on_error)
 
     def collect(self, engine: Any = None, **options: Any) -> pl.DataFrame:
         """Run the plan and return a polars DataFrame (options as for :meth:`run`)."""
+        unknown = [k for k in options if k not in RUN_OPTIONS]
+        if unknown:
+            raise unexpected_arguments("collect()", unknown, RUN_OPTIONS)
         return self.run(engine, **options).df
 
     def __repr__(self) -> str:
         return f"<SemLazyFrame>\n{self.explain()}"
 
     def _repr_html_(self) -> str:
-        out = f"<pre>{html.escape(self.explain())}</pre>"
-        # Estimating reads the data: do it for in-memory data only, never for a file scan on display.
-        if all(n.source.in_memory for n in walk(self._plan_node) if isinstance(n, Scan)):
-            out += self.estimate()._repr_html_()
-        else:
-            out += "<p>call .estimate() or .explain(estimate=True) for the estimated calls, tokens and cost</p>"
-        return out
+        """The drawn plan: the same plan as the text repr (the optimized physical plan, as the
+        header says), as a tree of operators, each with its estimated rows, engine calls, tokens and
+        cost -- estimated only when every scan is in memory (display never reads a file)."""
+        from semframe.frontends.display import in_memory, plan_html
+
+        head, root = self._physical(True, {})
+        return plan_html(head, root, estimate=in_memory(self._plan_node), engine=existing_engine(None))
+
+
+def _check_planning_options(where: str, options: Mapping[str, Any], extra: tuple[str, ...]) -> None:
+    allowed = _planning_options()
+    unknown = [k for k in options if k not in allowed]
+    if unknown:
+        raise unexpected_arguments(where, unknown, (*extra, *allowed))
 
 
 def _settings() -> Any:
@@ -467,11 +579,15 @@ class LazyVerbs(SemanticVerbs):
     """Semantic verbs that add a step to a plan and return a :class:`SemLazyFrame`."""
 
     def _finish(self, node: Node, run_options: dict[str, Any]) -> SemLazyFrame:
-        if run_options:
-            raise TypeError(
-                f"unexpected argument(s) {sorted(run_options)} for a lazy step; pass engine and run "
-                "options to collect()"
-            )
+        # On a lazy step, engine= names the engine of that step (a model per step).
+        engine = run_options.pop("engine", None)
+        check_verb_options(node.operator, run_options, eager=False)  # type: ignore[attr-defined]
+        if engine is not None:
+            from dataclasses import replace
+
+            from semframe.engines.registry import check_engine
+
+            node = replace(node, engine=check_engine(engine, f"semantic.{node.operator}"))  # type: ignore[arg-type]
         return SemLazyFrame(node)
 
 

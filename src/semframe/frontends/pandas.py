@@ -1,4 +1,4 @@
-"""The ``semantic`` accessor on pandas DataFrames: the same four verbs, eager.
+"""The ``semantic`` accessor on pandas DataFrames (alias ``.sf``): the same four verbs, eager.
 
 Only the columns a step reads are handed to polars; the result is the original pandas frame
 (every column, dtype and index label as it was) with the new column, and for ``filter`` the
@@ -14,12 +14,13 @@ import polars as pl
 
 from semframe.errors import PlanError
 from semframe.physical.executor import run_plan
+from semframe.frontends.lazy import check_verb_options
+from semframe.frontends.namespaces import register
 from semframe.frontends.verbs import SemanticVerbs
 from semframe.plan.nodes import Node, Scan, Source
 from semframe.plan.semantic import SemanticStep
 
 
-@pd.api.extensions.register_dataframe_accessor("semantic")
 class PandasSemanticAccessor(SemanticVerbs):
     """``pd.DataFrame.semantic``: ``classify``, ``filter``, ``extract``, ``map``, eager.
 
@@ -35,17 +36,37 @@ class PandasSemanticAccessor(SemanticVerbs):
     def __init__(self, pdf: pd.DataFrame):
         self._pdf = pdf
 
+    def _labels(self) -> dict[str, Any]:
+        """Each column's name as a template names it (a string) -> its pandas label.
+
+        A column labelled ``0`` (or any other non-string) is ``{0}`` in a template and is listed
+        as ``'0'`` in errors; where a string-named column has that name already, the string wins.
+        """
+        columns = list(self._pdf.columns)
+        strings = {c for c in columns if isinstance(c, str)}
+        labels: dict[str, Any] = {}
+        for c in columns:
+            key = c if isinstance(c, str) else str(c)
+            if key in labels or (not isinstance(c, str) and key in strings):
+                continue
+            labels[key] = c
+        return labels
+
     def _plan(self) -> Node:
-        # The schema of every string-named column (for template checks), without converting data.
-        names = [c for c in self._pdf.columns if isinstance(c, str)]
+        # The schema of every column (for template checks), without converting data.
+        names = list(self._labels())
         return Scan(Source.from_data(pl.DataFrame(schema={c: pl.String for c in names}), "pandas DataFrame"))
 
     def _finish(self, node: Node, run_options: dict[str, Any]) -> pd.DataFrame:
         assert isinstance(node, SemanticStep)
+        check_verb_options(node.operator, run_options, eager=True)
         pdf = self._pdf
         used = list(node.template.columns)
+        labels = self._labels()
         try:
-            data = pl.from_pandas(pdf[used].reset_index(drop=True))
+            part = pdf[[labels[c] for c in used]]
+            part.columns = used
+            data = pl.from_pandas(part.reset_index(drop=True))
         except Exception as exc:  # pyarrow/polars conversion errors vary by dtype
             raise PlanError(f"semantic.{node.operator}: cannot read column(s) {used} from pandas: {exc}") from exc
         node = node.with_children((Scan(Source.from_data(data, "pandas DataFrame")),))
@@ -55,4 +76,10 @@ class PandasSemanticAccessor(SemanticVerbs):
         if node.name is not None:
             # An object column: labels and text as str, extract results as dicts, no answer as None.
             out[node.name] = pd.Series(result.df[node.name].to_list(), index=out.index, dtype="object")
+        extra = getattr(node, "probabilities_column", None)  # classify(probabilities=True): dicts
+        if extra is not None:
+            out[extra] = pd.Series(result.df[extra].to_list(), index=out.index, dtype="object")
         return out
+
+
+register([(pd.DataFrame, pd.api.extensions.register_dataframe_accessor, PandasSemanticAccessor)])

@@ -1,6 +1,8 @@
 """The ``semantic`` namespaces on polars DataFrame (eager) and LazyFrame (lazy).
 
-Registered through polars' official hooks when semframe is imported.
+Registered through polars' official hooks when semframe is imported, as ``.semantic`` and as
+its alias ``.sf`` (see :mod:`semframe.frontends.namespaces` for what happens when another
+library has registered a ``.semantic`` already).
 """
 
 from __future__ import annotations
@@ -9,12 +11,12 @@ from typing import Any
 
 import polars as pl
 
-from semframe.frontends.lazy import LazyVerbs, SemLazyFrame
+from semframe.frontends.lazy import LazyVerbs, SemLazyFrame, check_verb_options
+from semframe.frontends.namespaces import register
 from semframe.frontends.verbs import SemanticVerbs
 from semframe.plan.nodes import Node, Scan, Source
 
 
-@pl.api.register_lazyframe_namespace("semantic")
 class LazySemanticNamespace(LazyVerbs):
     """``pl.LazyFrame.semantic``: each verb returns a :class:`SemLazyFrame` (nothing runs yet)."""
 
@@ -25,7 +27,6 @@ class LazySemanticNamespace(LazyVerbs):
         return Scan(Source.from_data(self._lf))
 
 
-@pl.api.register_dataframe_namespace("semantic")
 class DataFrameSemanticNamespace(SemanticVerbs):
     """``pl.DataFrame.semantic``: each verb runs at once and returns a DataFrame.
 
@@ -40,4 +41,9 @@ class DataFrameSemanticNamespace(SemanticVerbs):
         return Scan(Source.from_data(self._df))
 
     def _finish(self, node: Node, run_options: dict[str, Any]) -> pl.DataFrame:
+        check_verb_options(node.operator, run_options, eager=True)  # type: ignore[attr-defined]
         return SemLazyFrame(node).collect(**run_options)
+
+
+register([(pl.LazyFrame, pl.api.register_lazyframe_namespace, LazySemanticNamespace),
+          (pl.DataFrame, pl.api.register_dataframe_namespace, DataFrameSemanticNamespace)])

@@ -23,7 +23,9 @@ DEFAULT_SEMANTIC_THRESHOLD = 0.95
 def resolve_template(text: Any, columns: Sequence[str], where: str) -> Template:
     """A column name means that column's text; anything else is a ``{column}`` template."""
     if not isinstance(text, str):
-        raise PlanError(f"{where}: expected a column name or a template string, got {type(text).__name__}")
+        hint = f" (for the column {text!r}, write '{{{text}}}')" if str(text) in columns else ""
+        raise PlanError(f"{where}: expected a column name or a template string, got {type(text).__name__} "
+                        f"{text!r}{hint}")
     if text in columns:
         return Template.for_column(text)
     template = Template.parse(text)
@@ -71,7 +73,7 @@ class SemanticVerbs:
     def classify(self, column: str, labels: Sequence[str], *, instruction: str | None = None,
                  name: str = "classify", max_tokens: int | None = None, temperature: float = 0.0,
                  cache: bool | None = None, semantic_cache: bool | float | None = None,
-                 **run_options: Any) -> Any:
+                 probabilities: bool = False, **run_options: Any) -> Any:
         """Label each row with one of ``labels`` (a string column; null where no answer).
 
         Parameters
@@ -90,6 +92,10 @@ class SemanticVerbs:
             ``False`` skips the persistent exact cache for this step.
         semantic_cache
             ``True`` (or a similarity threshold) reuses answers for near-duplicate texts.
+        probabilities
+            ``True`` adds ``<name>_probabilities``: a struct of one Float64 per label, the
+            engine's probability of each label for the row (null where the engine gave none:
+            see docs/engines.md, "Labels in one decode step").
 
         Examples
         --------
@@ -98,12 +104,16 @@ class SemanticVerbs:
         >>> out = df.semantic.classify("review", ["pos", "neg"], engine=sf.DeterministicEngine())
         >>> out.columns
         ['review', 'classify']
+        >>> out = df.semantic.classify("review", ["pos", "neg"], probabilities=True, engine=sf.DeterministicEngine())
+        >>> out.schema["classify_probabilities"]
+        Struct({'pos': Float64, 'neg': Float64})
         """
         plan = self._plan()
         where = "semantic.classify"
         node = SemClassify(
             plan, resolve_template(column, plan.columns, where), instruction, _labels(labels),
             name, max_tokens, temperature, cache=cache, semantic_cache=_semantic_cache(semantic_cache, where),
+            probabilities=probabilities,
         )
         return self._finish(node, run_options)
 

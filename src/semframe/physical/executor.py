@@ -29,6 +29,7 @@ from semframe.engines.registry import resolve_engine
 from semframe.errors import BudgetExceeded, SemframeError
 from semframe.execution.context import RunContext, RunOptions, set_last_run
 from semframe.execution.lineage import LineageRecorder
+from semframe.execution.profile import instrument
 from semframe.execution.progress import Progress, progress_mode
 from semframe.execution.provenance import Batch
 from semframe.execution.resolver import AnswerResolver
@@ -36,6 +37,7 @@ from semframe.execution.result import RunResult
 from semframe.optimizer import optimize as optimize_plan
 from semframe.physical.base import EstimateContext, PhysicalOp
 from semframe.physical.planner import plan_physical
+from semframe.physical.semantic import RowOperator
 from semframe.plan.nodes import Node, walk
 from semframe.plan.semantic import SemanticStep
 
@@ -66,23 +68,32 @@ def run_plan(plan: Node, *, engine: Any = None, max_cost: float | None = None, m
     opts = RunOptions.resolve(config.settings, **options)
     plan, root = prepare(plan, opts)
     semantic = has_semantic(plan)
-    eng = resolve_engine(engine) if semantic else None
-    machine = machine_price(eng)
+    # The run's engine is made (and started) only if a step has no engine of its own.
+    needs_default = any(isinstance(n, SemanticStep) and n.engine is None for n in walk(plan))
+    eng = resolve_engine(engine) if needs_default else None
+    if eng is None and semantic:
+        first = next(n for n in walk(plan) if isinstance(n, SemanticStep))
+        machine_engine = resolve_engine(first.engine)
+    else:
+        machine_engine = eng
+    machine = machine_price(machine_engine)
     observers: list[Any] = []
     budget = None
     if max_cost is not None or max_tokens is not None:
         budget = Budget(max_tokens=max_tokens, max_cost=max_cost, machine=machine,
-                        throughput=throughput_for(eng, machine.kind), engine=eng)
+                        throughput=throughput_for(machine_engine, machine.kind), engine=machine_engine)
         observers.append(budget)
     mode = progress_mode(opts.progress) if semantic else None
     progress = Progress(mode, machine=machine) if mode else None
     if progress is not None:
+        progress.plan_steps((op.index, op.node.operator, op.node.name)
+                            for op in root.walk() if isinstance(op, RowOperator))
         observers.append(progress)
     exact_cache = _open_exact_cache() if (opts.cache and semantic) else None
     if exact_cache is not None:
         logger.info("exact cache: %s", getattr(exact_cache, "path", config.cache_dir()))
     recorder = LineageRecorder(enabled=opts.lineage)
-    ctx = RunContext(engine=eng, options=opts, recorder=recorder, progress=progress,
+    ctx = RunContext(engine=eng, options=opts, recorder=recorder, progress=progress, machine=machine,
                      resolver=AnswerResolver(eng, exact_cache=exact_cache, recorder=recorder, observers=observers,
                                              on_error=opts.on_error, memo_size=opts.memo_size))
     steps = sum(1 for n in walk(plan) if isinstance(n, SemanticStep))
@@ -95,6 +106,7 @@ def run_plan(plan: Node, *, engine: Any = None, max_cost: float | None = None, m
 def execute(root: PhysicalOp, ctx: RunContext, plan: Node, sink: Any = None) -> RunResult:
     """Pull every batch from ``root``; the result (also a partial one) becomes ``sf.last_run()``."""
     start = time.perf_counter()
+    stats = instrument(root)  # rows and time per operator, for RunResult.profile()
     batches: list[Batch] = []
     error: BaseException | None = None
     try:
@@ -114,6 +126,7 @@ def execute(root: PhysicalOp, ctx: RunContext, plan: Node, sink: Any = None) -> 
             except Exception as exc:  # a sink that cannot finish its file fails the run
                 error = error or exc
     result = _result(batches, plan, ctx, time.perf_counter() - start, error)
+    result.physical, result.operator_stats, result.options = root, stats, ctx.options
     if sink is not None:
         result.rows_written = sink.rows
     set_last_run(result)
@@ -144,7 +157,7 @@ def _result(batches: list[Batch], plan: Node, ctx: RunContext, seconds: float,
         plan=plan,
         seconds=seconds,
         engine_model=ctx.model,
-        machine=machine_price(ctx.engine),
+        machine=ctx.machine if ctx.machine is not None else machine_price(ctx.engine),
         complete=error is None,
         count_tokens=token_counter(ctx.engine),
         error=None if error is None else f"{type(error).__name__}: {error}",

@@ -30,7 +30,7 @@ from semframe.execution.resolver import StepInfo
 from semframe.physical.base import EstimateContext, EstState, PhysicalOp
 from semframe.physical.prompts import RequestBuilder, field_words
 from semframe.physical.relational import PolarsQuery, rebatch
-from semframe.plan.semantic import SemanticStep, SemClassify, SemExtract, SemFilter, SemMap
+from semframe.plan.semantic import SemanticStep, SemClassify, SemExtract, SemFilter, SemMap, engine_label
 
 #: Logical node type -> physical operator class.
 OPERATORS: dict[type, type[PhysicalOp]] = {}
@@ -72,12 +72,17 @@ class RowOperator(PhysicalOp):
         series = pl.Series(node.name, values, dtype=node.output_dtype, strict=False)
         return Batch(batch.frame.with_columns(series), batch.ids)
 
+    def emit_outcomes(self, batch: Batch, outcomes: list[Outcome]) -> Batch:
+        """The output rows from the batch's whole outcomes (default: :meth:`emit` of the values);
+        a verb that shows more than the value (classify's probabilities) overrides this."""
+        return self.emit(batch, [o.value for o in outcomes])
+
     # ------------------------------------------------------------------ execution
 
-    def step_info(self, metrics: StepMetrics) -> StepInfo:
+    def step_info(self, metrics: StepMetrics, engine: Any = None) -> StepInfo:
         node = self.node
         return StepInfo(
-            index=self.index, operator=node.operator, column=node.name, metrics=metrics,
+            index=self.index, operator=node.operator, column=node.name, metrics=metrics, engine=engine,
             dedupe=self.dedupe, exact_cache=self.exact_cache, semantic_threshold=node.semantic_cache,
             semantic_key={"operator": node.operator, "shared": self.builder.shared,
                           "template": node.template.source, "spec": node.spec.to_dict(),
@@ -89,11 +94,13 @@ class RowOperator(PhysicalOp):
         node = self.node
         metrics = StepMetrics(step=self.index, operator=node.operator, column=node.name)
         ctx.metrics.append(metrics)
-        step = self.step_info(metrics)
-        progress = ctx.progress if self.index == 0 else None
-        if progress is not None and progress.total_rows is None and isinstance(self.inputs[0], PolarsQuery):
-            progress.total_rows = self.inputs[0].count_rows()
-        build, resolve, record, model = self.builder.build_all, ctx.resolver.resolve, ctx.recorder.record, ctx.model
+        own = ctx.engine_for(node.engine) if node.engine is not None else None
+        step = self.step_info(metrics, own)
+        progress = ctx.progress
+        if progress is not None:
+            progress.start_step(self.index, node.operator, node.name, expected_rows(self.inputs[0], progress),
+                                metrics)
+        build, resolve, record, model = self.builder.build_all, ctx.resolver.resolve, ctx.recorder.record, (own.model if own is not None else ctx.model)
         for batch in rebatch(self.inputs[0].execute(ctx), ctx.options.batch_size):
             start = time.perf_counter()
             texts, reasons = render_texts(node.template, batch.frame)
@@ -105,12 +112,14 @@ class RowOperator(PhysicalOp):
             record(self.index, node.operator, node.name, model, batch.ids, done)
             metrics.add_all(done)
             metrics.rows_in += batch.height
-            out = self.emit(batch, [o.value for o in done])
+            out = self.emit_outcomes(batch, done)
             metrics.rows_out += out.height
             metrics.seconds += time.perf_counter() - start
             if progress is not None:
-                progress.rows(batch.height)
+                progress.rows(batch.height, step=self.index)
             yield out
+        if progress is not None:
+            progress.end_step(self.index)
 
     def describe(self) -> str:
         flags = [f"max_tokens={self.node.effective_max_tokens}"]
@@ -122,6 +131,8 @@ class RowOperator(PhysicalOp):
             flags.append(f"semantic cache >= {self.node.semantic_cache:g}")
         if self.node.temperature:
             flags.append(f"temperature={self.node.temperature:g}")
+        if self.node.engine is not None:
+            flags.append(f"engine {engine_label(self.node.engine)}")
         name = f" -> {self.node.name}" if self.node.name else ""
         return (f"SEMANTIC {self.node.operator.upper()}{name} (step {self.index}) "
                 f"[{self.node.spec.describe()}; {', '.join(flags)}]")
@@ -196,6 +207,20 @@ class RowOperator(PhysicalOp):
         return self.node.template.render({c: "" if first.get(c) is None else str(first[c]) for c in cols})
 
 
+def expected_rows(op: PhysicalOp, progress: Any) -> int | None:
+    """The rows ``op`` will yield, for the progress display, when that is cheap to know; else None.
+
+    A polars query counts them (only where that reads no file twice, see ``PolarsQuery.count_rows``),
+    once per run; a step that keeps every row (classify, extract, map, ``with_columns``, a sort)
+    yields what its input does; anything else (a filter, a join, a head) is not known ahead.
+    """
+    if isinstance(op, PolarsQuery):
+        return progress.count_once(id(op), op.count_rows)
+    if len(op.inputs) == 1 and op.node.rows in ("aligned", "permutation"):
+        return expected_rows(op.inputs[0], progress)
+    return None
+
+
 def _rendered(node: SemanticStep, frame: pl.DataFrame) -> pl.Series:
     """Every row's rendered text (null where the run would skip the row), as the run renders it."""
     text, has_null, all_empty = render_exprs(node.template, frame.schema)
@@ -207,9 +232,39 @@ def _rendered(node: SemanticStep, frame: pl.DataFrame) -> pl.Series:
 
 @physical_for(SemClassify)
 class ClassifyOp(RowOperator):
+    node: SemClassify
+
     def shared_text(self) -> str:
         lead = self.node.instruction or "Classify the text."
         return f"{lead}\nAnswer with exactly one of: {', '.join(self.node.spec.labels)}."  # type: ignore[attr-defined]
+
+    def step_info(self, metrics: StepMetrics, engine: Any = None) -> StepInfo:
+        step = super().step_info(metrics, engine)
+        step.probabilities = self.node.probabilities
+        return step
+
+    def emit_outcomes(self, batch: Batch, outcomes: list[Outcome]) -> Batch:
+        out = self.emit(batch, [o.value for o in outcomes])
+        column = self.node.probabilities_column
+        if column is None:
+            return out
+        # A row without probabilities (skipped, failed, or the engine gave none) is a null struct.
+        probs = pl.Series(column, [o.probabilities if o.value is not None else None for o in outcomes],
+                          dtype=self.node.probabilities_dtype)
+        return Batch(out.frame.with_columns(probs), out.ids)
+
+    def describe(self) -> str:
+        text = super().describe()
+        return text[:-1] + ", probabilities]" if self.node.probabilities else text
+
+    def estimate_output(self, state: EstState, est: EstimateContext) -> EstState:
+        state = super().estimate_output(state, est)
+        column = self.node.probabilities_column
+        if column is None or state.batch is None:
+            return state
+        frame = state.batch.frame.with_columns(pl.lit(None, dtype=self.node.probabilities_dtype).alias(column))
+        return EstState(Batch(frame, state.batch.ids), state.rows_low, state.rows_high, state.exact,
+                        state.unknown | {column})
 
 
 @physical_for(SemFilter)

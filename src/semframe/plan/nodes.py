@@ -150,6 +150,10 @@ class Node:
 # --------------------------------------------------------------------------- sources
 
 
+#: File formats a :class:`Source` can scan by itself (and remember, so a saved plan names them).
+FILE_KINDS = ("parquet", "csv", "ndjson", "ipc")
+
+
 @dataclass(frozen=True, eq=False)
 class Source:
     """The data a plan reads: a polars LazyFrame (from a DataFrame, a file scan, pandas ...)."""
@@ -158,6 +162,40 @@ class Source:
     description: str = "DataFrame"
     #: True when the data is already in memory (a DataFrame), so collecting it is free.
     in_memory: bool = False
+    #: Where the data comes from, for a file scan made by :meth:`from_file` (``sf.scan_parquet``
+    #: ...): ``{"kind": "parquet", "path": ..., "options": {...}}``, what a saved plan records
+    #: (see :mod:`semframe.plan.serialize`); None for data handed in.
+    origin: dict | None = None
+
+    @classmethod
+    def from_file(cls, kind: str, path: Any, **options: Any) -> Source:
+        """A lazy scan of a file (or a list of files, or a glob) that remembers its path and options.
+
+        ``kind`` is one of :data:`FILE_KINDS`; ``options`` are those of ``pl.scan_<kind>``.
+        """
+        import os
+
+        if kind not in FILE_KINDS:
+            raise PlanError(f"unknown file kind {kind!r}; one of {', '.join(FILE_KINDS)}")
+        where = f"scan_{kind}"
+        if isinstance(path, (list, tuple)):
+            paths: Any = [os.fspath(p) for p in path]
+            if not paths:
+                raise PlanError(f"{where}: give at least one path")
+        else:
+            paths = os.fspath(path)
+        for p in paths if isinstance(paths, list) else [paths]:
+            if not isinstance(p, str):
+                raise PlanError(f"{where}: a path must be a string, got {type(p).__name__}")
+            remote = "://" in p
+            if not remote and not any(ch in p for ch in "*?[") and not os.path.exists(os.path.expanduser(p)):
+                raise PlanError(f"{where}: no file {p!r}")
+        try:
+            frame = getattr(pl, where)(paths, **options)
+        except TypeError as exc:
+            raise PlanError(f"{where}: {exc}") from None
+        shown = paths if isinstance(paths, str) else f"{paths[0]} (+{len(paths) - 1} more)"
+        return cls(frame, f"{kind} {shown}", origin={"kind": kind, "path": paths, "options": dict(options)})
 
     @classmethod
     def from_data(cls, data: pl.DataFrame | pl.LazyFrame, description: str | None = None) -> Source:

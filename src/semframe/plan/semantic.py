@@ -9,7 +9,7 @@ turned into physical operators (:mod:`semframe.physical.planner`), never here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import polars as pl
 
@@ -43,6 +43,9 @@ class SemanticStep(Node):
         ``False`` keeps this step out of the persistent exact cache.
     semantic_cache
         A similarity threshold: reuse answers of near-duplicate texts (None: off).
+    engine
+        The engine that answers this step: an engine object or a name (see
+        ``semframe.engines.registry``); None: the run's engine.
     """
 
     child: Node
@@ -54,6 +57,7 @@ class SemanticStep(Node):
     temperature: float = 0.0
     cache: bool | None = None
     semantic_cache: float | None = None
+    engine: Any = None
 
     operator: ClassVar[str] = "semantic"
     rows: ClassVar[str] = "aligned"
@@ -130,6 +134,8 @@ class SemanticStep(Node):
             flags.append("exact cache off")
         if self.semantic_cache is not None:
             flags.append(f"semantic cache >= {self.semantic_cache:g}")
+        if self.engine is not None:
+            flags.append(f"engine {engine_label(self.engine)}")
         return f"SEMANTIC {self.operator.upper()}{out} [{self.spec.describe()}; {', '.join(flags)}]"
 
     def detail_lines(self) -> list[str]:
@@ -139,18 +145,65 @@ class SemanticStep(Node):
         return lines
 
 
+def engine_label(engine: Any) -> str:
+    """How plans show a step's engine: its name, or the engine's own name and model."""
+    if isinstance(engine, str):
+        return repr(engine)
+    return f"{getattr(engine, 'name', type(engine).__name__)}:{getattr(engine, 'model', '?')}"
+
+
 @dataclass(frozen=True)
 class SemClassify(SemanticStep):
+    """One label per row (a String column).
+
+    ``probabilities=True`` adds the column ``<name>_probabilities``: a struct with one Float64
+    field per label (in label order), the engine's probability of each label for that row; null
+    where the engine gave none (see ``Completion.probabilities``).
+    """
+
+    probabilities: bool = False
+
     operator: ClassVar[str] = "classify"
 
     def __post_init__(self) -> None:
         if not isinstance(self.spec, ChoiceSpec):
             raise PlanError("semantic.classify needs a ChoiceSpec")
+        if not isinstance(self.probabilities, bool):
+            raise PlanError(f"semantic.classify: probabilities must be True or False, got {self.probabilities!r}")
+        column = self.probabilities_column
+        if column is not None and column in self.child.columns:
+            raise PlanError(
+                f"semantic.classify: the probabilities column {column!r} already exists; pass name='...' "
+                f"with another name (columns are {', '.join(map(repr, self.child.columns))})"
+            )
         super().__post_init__()
 
     @property
     def output_dtype(self) -> pl.DataType:
         return pl.String()
+
+    @property
+    def probabilities_column(self) -> str | None:
+        """``<name>_probabilities`` when the step asks for probabilities, else None."""
+        return f"{self.name}_probabilities" if self.probabilities and isinstance(self.name, str) else None
+
+    @property
+    def probabilities_dtype(self) -> pl.DataType:
+        return pl.Struct([pl.Field(label, pl.Float64) for label in self.spec.labels])  # type: ignore[attr-defined]
+
+    def _compute_schema(self) -> Schema:
+        schema = super()._compute_schema()
+        column = self.probabilities_column
+        return schema if column is None else schema + ((column, self.probabilities_dtype),)
+
+    @property
+    def produces(self) -> frozenset[str]:
+        column = self.probabilities_column
+        return super().produces if column is None else super().produces | {column}
+
+    def describe(self) -> str:
+        text = super().describe()
+        return text[:-1] + ", probabilities]" if self.probabilities else text
 
 
 @dataclass(frozen=True)
