@@ -7,7 +7,10 @@ a name:
   function of no arguments that makes one: it is called, once, the first time a step needs it);
 - ``"deterministic"``: the instant test engine (one per process);
 - ``"vllm"`` or ``"default"``: the default local vLLM engine;
-- a model folder or a ``.gguf`` file path: a ``VLLMEngine`` on it (one per path and process).
+- a model folder or a ``.gguf`` file path: a ``VLLMEngine`` on it (one per path and process);
+- an ``http(s)://`` URL of an OpenAI-compatible server: an ``OpenAIEngine`` on it with the
+  server's only model (one per URL and process; for more options, or a server with several
+  models, make ``sf.OpenAIEngine(url, model=...)`` yourself).
 
 Engine resolution lives with the engines (not in ``config``), so nothing outside this package
 names an engine implementation.
@@ -41,7 +44,8 @@ def _check(engine: Any) -> Engine:
 def describe_names() -> str:
     """The engine names that resolve, for error messages."""
     registered = sorted(config.settings.engines)
-    names = [*(repr(n) for n in registered), "'deterministic'", "'vllm'", "a model folder path"]
+    names = [*(repr(n) for n in registered), "'deterministic'", "'vllm'", "a model folder path",
+             "an OpenAI-compatible server URL"]
     return ", ".join(names)
 
 
@@ -54,8 +58,7 @@ def check_engine(engine: Any, where: str = "engine") -> Any:
     if engine in config.settings.engines or engine in ("deterministic", "vllm", "default"):
         return engine
     if engine.startswith(("http://", "https://")):
-        raise PlanError(f"{where}: {engine!r} is a server URL; OpenAI-compatible servers are not supported by this "
-                        "version of semframe yet. Use an in-process engine (sf.VLLMEngine(...)) meanwhile")
+        return engine  # an OpenAI-compatible server: reached only when a step needs it
     path = Path(engine).expanduser()
     if path.is_dir() or (path.is_file() and path.suffix == ".gguf"):
         return engine
@@ -66,11 +69,10 @@ def check_engine(engine: Any, where: str = "engine") -> Any:
 def engine_by_name(name: str) -> Engine:
     """The engine a name stands for (made on first use, then shared in this process)."""
     check_engine(name)
-    registered = config.settings.engines.get(name)
+    registered, key = _registered(name)
     if isinstance(registered, Engine):
         return registered
     with _lock:
-        key = f"registered:{name}" if registered is not None else name
         engine = _by_name.get(key)
         if engine is None or getattr(engine, "closed", False):
             if registered is not None:  # a factory
@@ -83,12 +85,28 @@ def engine_by_name(name: str) -> Engine:
                 from semframe.engines.vllm import default_engine
 
                 return default_engine()
+            elif name.startswith(("http://", "https://")):
+                engine = _server_engine(name)
             else:
                 from semframe.engines.vllm import VLLMEngine
 
                 engine = VLLMEngine(str(Path(name).expanduser()))
             _by_name[key] = engine
         return engine
+
+
+def _server_engine(url: str) -> Engine:
+    """``OpenAIEngine`` on the server at ``url``, with the server's only model (asked of it now:
+    an error names the models when it serves several, or says the server cannot be reached)."""
+    from semframe.engines.openai import OpenAIEngine
+
+    engine = OpenAIEngine(base_url=url)
+    try:
+        engine.model  # noqa: B018 - resolves the server's only model, or raises listing them
+    except BaseException:
+        engine.close()
+        raise
+    return engine
 
 
 def resolve_engine(engine: Any = None) -> Engine:
@@ -127,12 +145,18 @@ def existing_engine(engine: Any = None) -> Engine | None:
     return None if vllm_mod is None else vllm_mod.running_default_engine()
 
 
-def _existing_by_name(name: str) -> Engine | None:
+def _registered(name: str) -> tuple[Any, str]:
+    """What ``sf.configure(engines=...)`` registered under ``name`` (or None), and where the
+    engine made from the name is kept."""
     registered = config.settings.engines.get(name)
+    return registered, (f"registered:{name}" if registered is not None else name)
+
+
+def _existing_by_name(name: str) -> Engine | None:
+    registered, key = _registered(name)
     if isinstance(registered, Engine):
         return registered
     if name in ("vllm", "default"):
         vllm_mod = sys.modules.get("semframe.engines.vllm")
         return None if vllm_mod is None else vllm_mod.running_default_engine()
-    key = f"registered:{name}" if registered is not None else name
     return _by_name.get(key)

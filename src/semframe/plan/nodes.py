@@ -277,7 +277,23 @@ class Relational(Node):
 
 
 @dataclass(frozen=True)
-class Filter(Relational):
+class RowsOnly(Relational):
+    """A step that only chooses or orders rows (filter, head, sort): every column passes unchanged."""
+
+    @property
+    def unchanged(self) -> frozenset[str]:
+        return frozenset(self.child.columns)  # type: ignore[attr-defined]
+
+    @property
+    def produces(self) -> frozenset[str]:
+        return frozenset()
+
+    def columns_needed(self, needed: Needed) -> tuple[Needed, ...]:
+        return (union_needed(needed, reads(self.expressions)),)
+
+
+@dataclass(frozen=True)
+class Filter(RowsOnly):
     child: Node
     predicate: PlExpr
     label: ClassVar[str] = "FILTER"
@@ -293,17 +309,6 @@ class Filter(Relational):
     @property
     def elementwise(self) -> bool:
         return self.predicate.is_elementwise
-
-    @property
-    def unchanged(self) -> frozenset[str]:
-        return frozenset(self.child.columns)
-
-    @property
-    def produces(self) -> frozenset[str]:
-        return frozenset()
-
-    def columns_needed(self, needed: Needed) -> tuple[Needed, ...]:
-        return (union_needed(needed, reads(self.expressions)),)
 
     def describe(self) -> str:
         return f"FILTER {self.predicate}"
@@ -391,7 +396,7 @@ class WithColumns(Relational):
 
 
 @dataclass(frozen=True)
-class Head(Relational):
+class Head(RowsOnly):
     child: Node
     n: int
     label: ClassVar[str] = "HEAD"
@@ -405,23 +410,12 @@ class Head(Relational):
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:
         return lf.head(self.n)
 
-    @property
-    def unchanged(self) -> frozenset[str]:
-        return frozenset(self.child.columns)
-
-    @property
-    def produces(self) -> frozenset[str]:
-        return frozenset()
-
-    def columns_needed(self, needed: Needed) -> tuple[Needed, ...]:
-        return (needed,)
-
     def describe(self) -> str:
         return f"HEAD {self.n}"
 
 
 @dataclass(frozen=True)
-class Sort(Relational):
+class Sort(RowsOnly):
     child: Node
     by: tuple[PlExpr, ...]
     descending: tuple[bool, ...]
@@ -443,17 +437,6 @@ class Sort(Relational):
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:
         return lf.sort([e.expr for e in self.by], descending=list(self.descending),
                        nulls_last=self.nulls_last, maintain_order=True)
-
-    @property
-    def unchanged(self) -> frozenset[str]:
-        return frozenset(self.child.columns)
-
-    @property
-    def produces(self) -> frozenset[str]:
-        return frozenset()
-
-    def columns_needed(self, needed: Needed) -> tuple[Needed, ...]:
-        return (union_needed(needed, reads(self.by)),)
 
     def describe(self) -> str:
         keys = ", ".join(f"{e}{' desc' if d else ''}" for e, d in zip(self.by, self.descending))
