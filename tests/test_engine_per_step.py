@@ -48,8 +48,8 @@ def test_the_cache_keys_answers_by_their_engine(df):
 def test_engine_names_are_checked_when_the_step_is_built(df):
     with pytest.raises(sf.PlanError, match="unknown engine 'smal'; engine names are"):
         df.lazy().semantic.classify("t", ["A", "B"], engine="smal")
-    with pytest.raises(sf.PlanError, match="server URL"):
-        df.lazy().semantic.classify("t", ["A", "B"], engine="http://127.0.0.1:8000/v1")
+    # A server URL is an OpenAIEngine; building the step does not connect to it.
+    df.lazy().semantic.classify("t", ["A", "B"], engine="http://127.0.0.1:9/v1")
     assert df.lazy().semantic.classify("t", ["A", "B"], name="c", engine="deterministic").collect(
         cache=False).height == 4
 

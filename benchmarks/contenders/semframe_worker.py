@@ -2,7 +2,9 @@
 
 Spec options (``spec["semframe"]``): ``layout`` ("shared_first", the default, or "inline": the
 ``prompt_layout`` run option; a command may override it), ``exact_cache`` (a cache
-folder, or null for ``cache=False``), ``semantic_cache`` (bool), ``batch_size``.
+folder, or null for ``cache=False``), ``semantic_cache`` (bool), ``batch_size``. A classify
+command may ask ``{"probabilities": true}``: the plan then shows the label probabilities
+(``classify(..., probabilities=True)``) and the result has them, one dict (or null) per row.
 """
 
 from __future__ import annotations
@@ -27,17 +29,19 @@ class State:
             sf.configure(cache_dir=self.opts["exact_cache"])
         sf.configure(progress=False)
         self.engine = sf.VLLMEngine(model=spec["model"], **spec["engine"])
+        self.engine.max_model_len  # noqa: B018 - start vLLM in setup (VLLMEngine() itself starts nothing)
 
     def close(self) -> None:
         self.engine.close()
 
 
-def build_plan(lf: Any, spec: dict[str, Any], *, semantic_cache: bool = False) -> Any:
+def build_plan(lf: Any, spec: dict[str, Any], *, semantic_cache: bool = False, probabilities: bool = False) -> Any:
     """The workload as a semframe plan, written as a user would write it."""
     sem = lf.semantic
     if spec["kind"] == "classify":
+        extra = {"probabilities": True} if probabilities else {}
         return sem.classify(spec["column"], spec["labels"], instruction=spec["instruction"], name="answer",
-                            max_tokens=spec["max_tokens"], semantic_cache=semantic_cache or None)
+                            max_tokens=spec["max_tokens"], semantic_cache=semantic_cache or None, **extra)
     return sem.map("{" + spec["column"] + "}", instruction=spec["instruction"], name="answer",
                    max_tokens=spec["max_tokens"], semantic_cache=semantic_cache or None)
 
@@ -60,7 +64,8 @@ def run(state: State, cmd: dict[str, Any]) -> dict[str, Any]:
     spec, opts = state.spec, state.opts
     rows = rows_for(spec, cmd)
     df = pl.DataFrame(rows)
-    plan = build_plan(df.lazy(), spec, semantic_cache=bool(opts.get("semantic_cache")))
+    plan = build_plan(df.lazy(), spec, semantic_cache=bool(opts.get("semantic_cache")),
+                      probabilities=bool(cmd.get("probabilities")))
     run_kwargs: dict[str, Any] = dict(engine=state.engine, cache=bool(opts.get("exact_cache")),
                                       batch_size=opts.get("batch_size"))
     if cmd.get("layout", opts.get("layout")) == "inline":
@@ -68,13 +73,14 @@ def run(state: State, cmd: dict[str, Any]) -> dict[str, Any]:
     if not cmd.get("keep_prefix_cache"):
         reset_prefix_cache(state.engine)
     calls_before = state.engine.usage.calls
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = plan.run(**run_kwargs)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     m = result.step_metrics
     answers = result.df["answer"].cast(pl.String).to_list()
     out = {
         "wall_s": wall,
+        "cpu_s": cpu,  # the process's CPU time (all its threads): less sensitive to a busy machine
         "rows": len(rows),
         "engine_requests": sum(s.engine_requests for s in m),
         "engine_calls": state.engine.usage.calls - calls_before,
@@ -88,6 +94,8 @@ def run(state: State, cmd: dict[str, Any]) -> dict[str, Any]:
         "answers": answers,
         "peak_rss_mib": peak_rss_mib(),
     }
+    if cmd.get("probabilities"):
+        out["probabilities"] = result.df["answer_probabilities"].to_list()
     cost = _cost(result)
     if cost is not None:
         out["cost_usd"] = cost

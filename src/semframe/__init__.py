@@ -31,6 +31,7 @@ if importlib.util.find_spec("pandas") is not None:
     from semframe.frontends import pandas as _pandas_front  # noqa: F401
 
 if TYPE_CHECKING:
+    from semframe.engines.openai import OpenAIEngine
     from semframe.engines.vllm import VLLMEngine
 
 __version__ = "0.1.0"
@@ -41,6 +42,7 @@ __all__ = [
     "Engine",
     "EngineError",
     "EngineFailure",
+    "OpenAIEngine",
     "OutputError",
     "PlanError",
     "Request",
@@ -69,6 +71,10 @@ def __getattr__(name: str) -> Any:
         from semframe.engines.vllm import VLLMEngine
 
         return VLLMEngine
+    if name == "OpenAIEngine":  # imports httpx only when used
+        from semframe.engines.openai import OpenAIEngine
+
+        return OpenAIEngine
     if name == "duckdb":  # sf.duckdb.register(con): SQL functions (imports duckdb only when used)
         import importlib
 

@@ -108,3 +108,36 @@ def test_titles_end_to_end_semframe_against_raw_vllm():
         assert r["engine_requests"] == 4 and r["prompt_tokens"] > 0 and r["wall_s"] > 0
     assert rows["semframe"]["prompt_tokens"] == rows["raw_vllm"]["prompt_tokens"]  # the very same prompts
     assert result.limits["minimum_prompt_tokens"] < result.limits["distinct_prompt_tokens"]
+
+
+def test_a_partial_rerun_keeps_the_earlier_runs_other_numbers():
+    from benchmarks.run_all import merge_runs, render_runs
+
+    def section(contenders, wall):
+        return {"workload": "titles", "spec_info": {"kind": "classify", "rows": 4, "model": "/m/SmolLM2",
+                                                   "max_tokens": 5},
+                "limits": {"distinct_requests": 4, "minimum_prompt_tokens": 50, "distinct_prompt_tokens": 80,
+                           "shared_prefix_tokens": 10},
+                "runs": {c: [{"repeat": 0, "wall_s": wall * (1 + k), "rows": 4, "prompt_tokens": 80,
+                              "agreement_with_raw": 1.0}] for k, c in enumerate(contenders)},
+                "startup_s": {}, "failed": {}, "server_rss_mib": None}
+
+    def run(date, workloads):
+        return {"facts": {"date": date, "semframe_commit": date[:3], "cpu": "cpu", "cores": 2, "memory_gib": 1,
+                          "os": "os", "threads": "1", "python": "3", "versions": {}},
+                "repeats": 1, "command": f"cmd {date}", "minutes": 1.0, "full": True, "workloads": workloads}
+
+    old = run("old", {"titles": section(["semframe", "raw_vllm", "lotus"], 10.0),
+                      "long_context": section(["semframe", "raw_vllm"], 5.0)})
+    new = run("new", {"titles": section(["raw_vllm", "semframe"], 1.0)})
+    runs = merge_runs(new, [old])
+    assert [list(r["workloads"]) for r in runs] == [["titles"], ["titles", "long_context"]]
+    text = render_runs(runs, full=True)
+    assert text.index("cmd new") < text.index("cmd old")
+    assert "Not rerun here: lotus; their numbers are from the earlier run of old" in text
+    assert "Superseded: semframe, raw_vllm were run again in the run of new" in text
+    assert "semframe / raw vLLM wall time, repetition by repetition: 2.000; median 2.000." in text
+    # a rerun of everything an earlier section shows replaces it, and an emptied run goes
+    full = run("newer", {"titles": section(["semframe", "raw_vllm", "lotus"], 1.0),
+                         "long_context": section(["semframe", "raw_vllm"], 1.0)})
+    assert [r["facts"]["date"] for r in merge_runs(full, runs)] == ["newer"]

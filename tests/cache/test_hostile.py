@@ -20,7 +20,7 @@ import pytest
 
 import semframe as sf
 import semframe.cache.store as store_module
-from semframe.cache import AnswerStore, CacheError, answers_dir, clear_cache, open_exact_cache
+from semframe.cache import AnswerStore, CacheError, clear_cache, open_exact_cache
 from semframe.cache.store import DB_NAME
 from semframe.engines.base import Completion
 
@@ -69,7 +69,7 @@ def test_a_cache_directory_deleted_under_a_run_is_recreated(tmp_path):
 
 def test_a_run_survives_its_cache_being_cleared_by_another_process(tmp_path):
     """A real worker process, and this process clearing (clear_cache, rm -rf) under it."""
-    from tests.cache.test_processes import _lines, _start  # noqa: F401
+    from tests.cache.test_processes import _lines, _start
 
     cache_dir = tmp_path / "cache"
     proc = _start(cache_dir, 300, 10, 0.01, tmp_path / "progress")
@@ -405,3 +405,25 @@ def test_the_key_index_matches_the_table(tmp_path):
         assert len(rows) == len(index)
         assert index.find([h for h, _ in rows]) == [r for _, r in rows]
         assert not index.stale
+
+
+def test_a_forked_child_uses_the_cache_safely(tmp_path):
+    """A process that forks (multiprocessing's default on Linux) while it holds the cache: the
+    child must not inherit the open database (DuckDB would hand the parent's instance to it)."""
+    cache = open_exact_cache(tmp_path)
+    _put(cache, _keys(10))  # the parent holds the file now
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 3
+        try:
+            child = open_exact_cache(tmp_path)
+            _put(child, _keys(5, "child"))
+            code = 0 if child.count() == 15 else 2
+            child.close()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert cache.count() == 15
+    assert set(cache.get_many(FP, _keys(5, "child"))) == set(_keys(5, "child"))
+    assert not list((tmp_path / "answers").glob("*.corrupt-*"))

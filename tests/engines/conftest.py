@@ -104,3 +104,53 @@ def smollm2_engine(smollm2_model_dir: Path):
     engine = VLLMEngine(str(smollm2_model_dir), kv_cache_memory_bytes=256 << 20)
     yield engine
     engine.close()
+
+
+# -- OpenAI-compatible servers ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def fake_openai_server():
+    """A fake OpenAI-compatible server on 127.0.0.1 (``fault_server.py``) answering like the
+    deterministic engine, without faults; it stops by itself after 30 minutes at most."""
+    from .fault_server import FaultServer
+
+    with FaultServer(lifetime_s=1800) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def openai_engine(fake_openai_server):
+    """An OpenAIEngine on the fake server, shared by the session."""
+    engine = sf.OpenAIEngine(fake_openai_server.url, api_key="sk-contract-test-key", max_concurrency=8)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def throwaway_openai_engine(fake_openai_server):
+    """Another OpenAIEngine on the same fake server, for tests that close an engine."""
+    engine = sf.OpenAIEngine(fake_openai_server.url, max_concurrency=2)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``vllm serve`` of the tiny model on 127.0.0.1 (started once per session, stopped at its end):
+    ``(base_url, model folder)``. Started as the benchmarks start theirs (``benchmarks/_common.py``:
+    the CPU build's metadata shim, ``VLLM_TARGET_DEVICE=cpu``), served as ``tiny``."""
+    _need_vllm()
+    from benchmarks._common import VLLMServer, WorkerError
+
+    options = {"max_model_len": 1024, "kv_cache_memory_bytes": 64 << 20, "block_size": 32, "enforce_eager": True,
+               "structured_outputs_config": {"backend": "guidance", "disable_any_whitespace": True}}
+    server = VLLMServer(str(tiny_model_dir), options, tmp_path_factory.mktemp("vllm-serve"), names=("tiny",))
+    try:
+        server.start(timeout=300)
+    except WorkerError as exc:
+        pytest.fail(f"vllm serve of the tiny model did not start: {exc}")
+    try:
+        yield f"{server.url}/v1", tiny_model_dir
+    finally:
+        server.stop()

@@ -6,13 +6,19 @@ whatever the engine; each is one test of :class:`TestEngineContract`:
 1. one completion per request, in input order (also for a batch mixing choice, JSON and text);
 2. an empty batch returns ``[]`` and changes no usage counter;
 3. ``engine.usage`` grows by exactly the sums over the returned completions, and the
-   completions' latencies add up to (at most) the batch's time;
+   completions' shares of the engine's time (``charged_s``) add up to (at most) the batch's time,
+   and each completion's own latency is at most the batch's time;
 4. a request the engine cannot serve fails its own row (a null with a reason), the others run;
 5. no completion has more output tokens than its request's ``max_tokens``;
 6. a structured answer cut off at ``max_tokens`` is a null whose error says so ("length");
 7. the fingerprint is a stable hex digest, different for different engines and models;
 8. ``count_tokens`` gives a positive count for non-empty text, growing with the text;
-9. ``close()`` may be called twice, and closing one engine leaves the others working.
+9. ``close()`` may be called twice, and closing one engine leaves the others working;
+10. row text that looks like chat markup is answered as text;
+11. a choice's ``probabilities``, where given, are a distribution over exactly its labels (in
+    label order) that gives the answer a share; other specs and failed answers have none. Every
+    engine here gives them for labels with distinct first tokens (``choice(i)``); one that gives
+    none says so in its line (``Contestant(..., probabilities=False)``).
 
 Every case is built so that its outcome does not depend on what the model prefers (the tiny
 model's weights are random): labels differ per position so the order shows in the answers,
@@ -47,6 +53,9 @@ class Contestant:
     engine: str
     #: Fixture giving a fresh, unshared engine of the same class, for the close test.
     throwaway: str
+    #: Whether the engine gives label probabilities for labels with distinct first tokens
+    #: (where it gives them, they must be well formed either way).
+    probabilities: bool = True
 
 
 def contestant(engine: str, throwaway: str, *marks: pytest.MarkDecorator) -> Any:
@@ -63,6 +72,7 @@ CONTESTANTS = [
     contestant("deterministic_engine", "throwaway_deterministic_engine"),
     contestant("tiny_vllm_engine", "throwaway_tiny_vllm_engine", VLLM),
     contestant("smollm2_engine", "throwaway_tiny_vllm_engine", VLLM, SMOLLM2),
+    contestant("openai_engine", "throwaway_openai_engine"),
 ]
 
 
@@ -195,9 +205,14 @@ class TestEngineContract:
         assert all(c.prompt_tokens >= 1 for c in done[:6])
         assert all(c.output_tokens >= 1 for c in done[0:6:3] + done[1:6:3])
         # Latencies: none negative, and together no more than the batch took.
-        assert all(c.latency_s >= 0 for c in done)
+        assert all(c.latency_s >= 0 and c.charged_s >= 0 for c in done)
         assert after.seconds >= before.seconds
-        assert sum(c.latency_s for c in done) <= after.seconds - before.seconds + 1e-6
+        batch = after.seconds - before.seconds + 1e-6
+        assert sum(c.charged_s for c in done) <= batch
+        # A request's own latency (many may be in flight at once) fits in the batch's time.
+        assert all(c.latency_s <= batch for c in done)
+        assert after.attempts == before.attempts + sum(c.attempts for c in done)
+        assert all(c.attempts >= 1 for c in done)
 
     # 4. one error per row ------------------------------------------------------------------------
 
@@ -287,6 +302,26 @@ class TestEngineContract:
         # token-level test below for engines that apply a chat template).
         (comp,) = contract_engine.generate([ask(INJECTION, TextSpec(), 4)])
         assert comp.ok and comp.output_tokens <= 4
+
+
+    # 11. label probabilities --------------------------------------------------------------------
+
+    def test_choice_probabilities_are_a_distribution_over_the_labels(self, contract_engine, contender):
+        requests = [*mixed_batch(6), ask("Unknown?", UnknownSpec()), ask("Which?", LONG_LABELS, 1)]
+        done = contract_engine.generate(requests)
+        for req, comp in zip(requests, done):
+            if not isinstance(req.spec, ChoiceSpec) or not comp.ok:
+                assert comp.probabilities is None, (req.spec, comp)
+                continue
+            probs = comp.probabilities
+            if probs is None:
+                assert not contender.probabilities, "this engine is listed as giving probabilities"
+                continue
+            assert list(probs) == list(req.spec.labels)
+            assert all(isinstance(p, float) and 0.0 <= p <= 1.0 for p in probs.values())
+            assert abs(sum(probs.values()) - 1.0) < 1e-6
+            assert probs[comp.value] > 0.0
+        assert [done[i].ok for i in (0, 3)] == [True, True]
 
 
 #: Row text that would open a new system turn if its special-token strings became special tokens.

@@ -5,13 +5,20 @@ never reach it: they are free). It predicts the batch's tokens with the prompts 
 engine's tokenizer and every answer at its full ``max_tokens``, so a token budget is never
 exceeded; it predicts the batch's time from the speed the engine has shown so far in the run
 (or the default rates before the first batch), so a cost budget is kept as well as that
-prediction allows. When a batch would go over, it raises :class:`semframe.BudgetExceeded`;
+prediction allows. For an engine billed by the token (``engine.pricing``, e.g.
+``sf.OpenAIEngine(..., prices=...)``) the cost is its tokens at its prices, predicted for a
+batch at the most it can bill (the prompts, counted as the engine counts them, none of them
+discounted as cached, and every answer at ``max_tokens``; a re-ask included where the engine may
+make one, :meth:`~semframe.engines.base.Engine.token_bound`). The whole batch is checked before
+any of it is sent, so the limit holds however many of its requests are in flight at once.
+When a batch would go over, it raises :class:`semframe.BudgetExceeded`;
 the executor then returns everything already answered with the error (``err.result``), and
 every answer already given is in the persistent cache for the next run.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +26,7 @@ from typing import Any
 from semframe.accounting.prices import MachinePrice
 from semframe.accounting.throughput import Throughput
 from semframe.accounting.tokens import request_prompt_tokens
-from semframe.engines.base import Completion, Request
+from semframe.engines.base import Completion, Engine, Request
 from semframe.errors import BudgetExceeded
 
 
@@ -32,13 +39,16 @@ class Budget:
     max_tokens
         The most prompt + output tokens the engine may process in the run (None: no limit).
     max_cost
-        The most USD the local run may cost: engine seconds x the machine's hourly price.
+        The most USD the run may cost: engine seconds x the machine's hourly price, plus the
+        tokens of engines billed by the token x their prices.
     machine
         The machine price the cost is computed with.
     throughput
         Rates used to predict the first batch's time (later batches use the observed speed).
     engine
-        Counts prompt tokens (its tokenizer); None uses the ~4-characters-per-token heuristic.
+        The run's engine: counts prompt tokens (its tokenizer; None uses the
+        ~4-characters-per-token heuristic) and, where it has per-token prices, prices them. A
+        step with an engine of its own is counted and priced by that engine.
 
     Examples
     --------
@@ -59,23 +69,36 @@ class Budget:
     spent_tokens: int = 0
     spent_seconds: float = 0.0
     spent_requests: int = 0
+    #: USD spent on engines billed by the token (their seconds are not in ``spent_seconds``).
+    spent_token_usd: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 0):
             raise ValueError(f"max_tokens must be a non-negative integer, got {self.max_tokens!r}")
-        if self.max_cost is not None and (not isinstance(self.max_cost, (int, float)) or self.max_cost < 0):
+        if self.max_cost is not None and (not isinstance(self.max_cost, (int, float)) or isinstance(self.max_cost, bool)
+                                          or not math.isfinite(self.max_cost) or self.max_cost < 0):
             raise ValueError(f"max_cost must be a non-negative number of USD, got {self.max_cost!r}")
         if self.max_cost is not None and (self.machine is None or self.throughput is None):
             raise ValueError("a cost budget needs the machine price and a throughput")
 
     @property
     def spent_usd(self) -> float:
-        return self.machine.cost(self.spent_seconds) if self.machine is not None else 0.0
+        local = self.machine.cost(self.spent_seconds) if self.machine is not None else 0.0
+        return local + self.spent_token_usd
 
-    def check(self, requests: Sequence[Request], where: str = "") -> None:
-        """Raise :class:`BudgetExceeded` if sending ``requests`` could take the run past a limit."""
-        prompt = sum(request_prompt_tokens(r, self.engine) for r in requests)
-        output = sum(r.max_tokens for r in requests)
+    def check(self, requests: Sequence[Request], where: str = "", engine: Any = None) -> None:
+        """Raise :class:`BudgetExceeded` if sending ``requests`` (to ``engine``, default the
+        run's) could take the run past a limit."""
+        engine = self.engine if engine is None else engine
+        prompt = output = 0
+        for r in requests:
+            p = request_prompt_tokens(r, engine)
+            if isinstance(engine, Engine):
+                p, o = engine.token_bound(r, p)
+            else:
+                o = r.max_tokens
+            prompt += p
+            output += o
         if self.max_tokens is not None and self.spent_tokens + prompt + output > self.max_tokens:
             raise BudgetExceeded(
                 f"stopped before {where or 'an engine batch'}: its {len(requests):,} requests could use up to "
@@ -84,9 +107,21 @@ class Budget:
                 "so far is in err.result (and in the exact cache, when it is on); rerun with a larger max_tokens to go on.",
                 spent_tokens=self.spent_tokens, spent_usd=self.spent_usd,
             )
-        if self.max_cost is not None:
+        pricing = engine.pricing if isinstance(engine, Engine) else None
+        if self.max_cost is not None and pricing is not None:
+            cost = pricing.cost(prompt_tokens=prompt, output_tokens=output)
+            if self.spent_usd + cost > self.max_cost:
+                raise BudgetExceeded(
+                    f"stopped before {where or 'an engine batch'}: its {len(requests):,} requests could cost up to "
+                    f"${cost:.6f} ({prompt:,} prompt + {output:,} output tokens at {pricing.model}'s prices: "
+                    f"${pricing.input:g}/${pricing.output:g} per 1M), bringing the cost to ~${self.spent_usd + cost:.6f} "
+                    f"> max_cost=${self.max_cost:g} (spent ${self.spent_usd:.6f}). Everything answered so far is in "
+                    "err.result (and in the exact cache, when it is on); rerun with a larger max_cost to go on.",
+                    spent_tokens=self.spent_tokens, spent_usd=self.spent_usd,
+                )
+        elif self.max_cost is not None:
             seconds = self._predict_seconds(len(requests), prompt, output)
-            predicted = self.machine.cost(self.spent_seconds + seconds)  # type: ignore[union-attr]
+            predicted = self.machine.cost(self.spent_seconds + seconds) + self.spent_token_usd  # type: ignore[union-attr]
             if predicted > self.max_cost:
                 raise BudgetExceeded(
                     f"stopped before {where or 'an engine batch'}: its {len(requests):,} requests would take "
@@ -97,20 +132,28 @@ class Budget:
                     spent_tokens=self.spent_tokens, spent_usd=self.spent_usd,
                 )
 
-    def spend(self, completions: Sequence[Completion]) -> None:
-        """Count what an engine batch actually used."""
-        self.spent_requests += len(completions)
+    def spend(self, completions: Sequence[Completion], engine: Any = None) -> None:
+        """Count what an engine batch (of ``engine``, default the run's) actually used."""
+        engine = self.engine if engine is None else engine
+        pricing = engine.pricing if isinstance(engine, Engine) else None
         for c in completions:
             self.spent_tokens += c.prompt_tokens + c.output_tokens
-            self.spent_seconds += c.latency_s
+        if pricing is not None:
+            self.spent_token_usd += sum(pricing.cost(prompt_tokens=c.prompt_tokens, output_tokens=c.output_tokens,
+                                                     cached_prompt_tokens=c.cached_prompt_tokens) for c in completions)
+            return
+        self.spent_requests += len(completions)
+        for c in completions:
+            self.spent_seconds += c.charged_s
 
     # The answer resolver's observer interface: it calls these around every engine batch.
 
     def before_engine_batch(self, step: Any, requests: Sequence[Request]) -> None:
-        self.check(requests, f"engine batch {step.metrics.engine_batches + 1} of {step.where}")
+        self.check(requests, f"engine batch {step.metrics.engine_batches + 1} of {step.where}",
+                   getattr(step, "engine", None))
 
     def after_engine_batch(self, step: Any, completions: Sequence[Completion]) -> None:
-        self.spend(completions)
+        self.spend(completions, getattr(step, "engine", None))
 
     def _predict_seconds(self, n: int, prompt: int, output: int) -> float:
         if self.spent_requests:

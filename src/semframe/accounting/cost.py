@@ -1,7 +1,10 @@
 """What a run cost, two ways, and what its caches saved.
 
-1. The local run: the engine's wall time on the run times the machine's hourly price
-   (:func:`semframe.accounting.prices.machine_price`).
+1. What the run was billed: for a local engine (and any engine without per-token prices) its
+   wall time on the run times the machine's hourly price
+   (:func:`semframe.accounting.prices.machine_price`); for an engine billed by the token (an API,
+   ``sf.OpenAIEngine(..., prices=...)``: ``engine.pricing``), its prompt, cached-prompt and output
+   tokens times its prices. A run whose steps use both kinds adds the two.
 2. The same tokens as API calls: prompt, cached-prompt and output tokens priced with each entry
    of :data:`semframe.accounting.prices.TOKEN_PRICES`.
 
@@ -21,7 +24,7 @@ from typing import Any
 import polars as pl
 
 from semframe.accounting.estimate import text_table
-from semframe.accounting.prices import TOKEN_PRICES, MachinePrice, format_usd
+from semframe.accounting.prices import TOKEN_PRICES, MachinePrice, TokenPrice, format_usd
 from semframe.accounting.throughput import DEFAULT_THROUGHPUT
 from semframe.accounting.tokens import TokenCounter, heuristic_count_tokens
 
@@ -45,7 +48,15 @@ class CostReport:
     saved_requests
         Reused answers by kind: ``{"dedup": n, "exact_cache": n, "semantic_cache": n}``.
     saved_prompt_tokens, saved_cached_prompt_tokens, saved_output_tokens, saved_engine_seconds
-        Estimates of what the reused answers would have cost had the engine been asked.
+        Estimates of what the reused answers would have cost had the engine been asked
+        (``saved_engine_seconds``: of the steps priced by the machine-hour).
+    token_usd, saved_token_usd
+        What the steps answered by engines billed by the token cost (their tokens x their
+        engine's prices), and what their reused answers saved (estimate); 0 for a local run.
+    local_engine_seconds
+        The engine seconds priced by the machine-hour (None: all of ``engine_seconds``).
+    pricing
+        The per-token prices that applied (one per engine billed by the token).
 
     Examples
     --------
@@ -70,11 +81,21 @@ class CostReport:
     saved_cached_prompt_tokens: float = 0.0
     saved_output_tokens: float = 0.0
     saved_engine_seconds: float = 0.0
+    token_usd: float = 0.0
+    saved_token_usd: float = 0.0
+    local_engine_seconds: float | None = None
+    pricing: tuple[TokenPrice, ...] = ()
 
     @property
     def local_usd(self) -> float:
-        """Engine seconds x the machine's hourly price."""
-        return self.machine.cost(self.engine_seconds)
+        """Engine seconds (of the steps priced by the machine-hour) x the machine's hourly price."""
+        seconds = self.engine_seconds if self.local_engine_seconds is None else self.local_engine_seconds
+        return self.machine.cost(seconds)
+
+    @property
+    def total_usd(self) -> float:
+        """What the run cost: the local cost plus the per-token cost of engines billed by the token."""
+        return self.local_usd + self.token_usd
 
     @property
     def saved_local_usd(self) -> float:
@@ -107,8 +128,9 @@ class CostReport:
         m = self.machine
         kinds = ", ".join(f"{k} {v:,}" for k, v in self.saved_requests.items() if v) or "none"
         saved = sum(self.saved_requests.values())
+        local_s = self.engine_seconds if self.local_engine_seconds is None else self.local_engine_seconds
         lines = [
-            f"COST (local: {format_usd(self.local_usd)} = {self.engine_seconds:.4g} engine s x "
+            f"COST (local: {format_usd(self.local_usd)} = {local_s:.4g} engine s x "
             f"${m.hourly_usd:g}/h, {m.name}, as listed {m.as_of or 'by you'})",
             text_table(
                 ("", "requests", "prompt tokens", "prefix-cached", "output tokens", "engine s", "local cost"),
@@ -119,8 +141,13 @@ class CostReport:
                   f"~{self.saved_engine_seconds:.4g}", f"~{format_usd(self.saved_local_usd)} saved")],
             ),
             f"reused answers by kind: {kinds}",
-            "the same tokens as API calls (USD per 1M tokens):",
         ]
+        if self.pricing:
+            names = ", ".join(f"{p.model} (${p.input:g}/${p.cached_input:g}/${p.output:g} per 1M input/cached/output)"
+                              for p in self.pricing)
+            lines.insert(1, f"BILLED BY TOKEN: {format_usd(self.token_usd)} at {names}; reused answers saved "
+                            f"~{format_usd(self.saved_token_usd)}; total {format_usd(self.total_usd)}")
+        lines.append("the same tokens as API calls (USD per 1M tokens):")
         rows = [(r["model"], f"{r['input_usd_per_m']:g}", f"{r['cached_input_usd_per_m']:g}",
                  f"{r['output_usd_per_m']:g}", format_usd(r["cost_usd"]), format_usd(r["saved_usd"]), r["as_of"])
                 for r in self.api().iter_rows(named=True)]
@@ -155,7 +182,17 @@ def cost_report(step_metrics: Sequence[Any], machine: MachinePrice, *, lineage: 
     """Build the :class:`CostReport` of a run from its per-step metrics (and lineage, if recorded)."""
     saved = {k: 0 for k in FREE_SOURCES}
     sp = scp = so = ss = 0.0
+    token_usd = saved_token_usd = local_seconds = 0.0
+    pricing: list[TokenPrice] = []
     for m in step_metrics:
+        price = getattr(m, "pricing", None)
+        if price is None:
+            local_seconds += m.engine_seconds
+        else:
+            token_usd += price.cost(prompt_tokens=m.prompt_tokens, output_tokens=m.output_tokens,
+                                    cached_prompt_tokens=m.cached_prompt_tokens)
+            if price not in pricing:
+                pricing.append(price)
         hits = m.dedup_hits + m.exact_cache_hits + m.semantic_cache_hits
         saved["dedup"] += m.dedup_hits
         saved["exact_cache"] += m.exact_cache_hits
@@ -169,7 +206,11 @@ def cost_report(step_metrics: Sequence[Any], machine: MachinePrice, *, lineage: 
             p, o = _sampled_tokens(m.step, lineage, prompts, count)
             c = 0.0
             s = DEFAULT_THROUGHPUT[machine.kind].seconds(p, o)
-        sp, scp, so, ss = sp + hits * p, scp + hits * c, so + hits * o, ss + hits * s
+        sp, scp, so = sp + hits * p, scp + hits * c, so + hits * o
+        if price is None:
+            ss += hits * s
+        else:
+            saved_token_usd += price.cost(prompt_tokens=hits * p, output_tokens=hits * o, cached_prompt_tokens=hits * c)
     return CostReport(
         machine=machine,
         engine_seconds=sum(m.engine_seconds for m in step_metrics),
@@ -182,6 +223,10 @@ def cost_report(step_metrics: Sequence[Any], machine: MachinePrice, *, lineage: 
         saved_cached_prompt_tokens=scp,
         saved_output_tokens=so,
         saved_engine_seconds=ss,
+        token_usd=token_usd,
+        saved_token_usd=saved_token_usd,
+        local_engine_seconds=local_seconds if pricing else None,
+        pricing=tuple(pricing),
     )
 
 

@@ -27,6 +27,10 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+# The per-token price type and table live with the engines (an API engine declares its prices,
+# ``engine.pricing``, and the engines layer may not import accounting); they are the same objects here.
+from semframe.engines.pricing import TOKEN_PRICES, TokenPrice
+
 
 @dataclass(frozen=True)
 class MachinePrice:
@@ -61,58 +65,14 @@ class MachinePrice:
         return seconds * self.hourly_usd / 3600.0
 
 
-@dataclass(frozen=True)
-class TokenPrice:
-    """Per-token prices of one API model, in USD per million tokens.
-
-    ``cached_input`` is what the provider charges for prompt tokens served from its prompt
-    cache (the part of the prompt shared with recent requests).
-    """
-
-    model: str
-    input: float
-    cached_input: float
-    output: float
-    source: str = "user"
-    as_of: str = ""
-
-    def __post_init__(self) -> None:
-        for name in ("input", "cached_input", "output"):
-            value = getattr(self, name)
-            if not value >= 0:
-                raise ValueError(f"{self.model}: {name} price must be >= 0 USD per million tokens, got {value!r}")
-
-    def cost(self, *, prompt_tokens: float, output_tokens: float, cached_prompt_tokens: float = 0) -> float:
-        """USD for the tokens; ``cached_prompt_tokens`` is the part of ``prompt_tokens`` served from cache."""
-        fresh = max(prompt_tokens - cached_prompt_tokens, 0)
-        return (fresh * self.input + cached_prompt_tokens * self.cached_input + output_tokens * self.output) / 1e6
-
-
 _AWS = "AWS EC2 on-demand pricing, us-east-1, Linux (https://aws.amazon.com/ec2/pricing/on-demand/)"
 _GPU = ("Lambda on-demand list price per H100 SXM GPU (https://lambda.ai/pricing); inside the "
         "$2.49-3.99/h on-demand range reported for early 2026 by https://pricegpu.pages.dev/blog/h100-vs-a100-cloud-price")
-_GH = ("GitHub Docs per-token model price table, github/docs data/tables/copilot/models-and-pricing.yml "
-       "(commit 024f6b0f), which lists the providers' per-token prices")
-_OAI = "OpenAI API pricing page (https://developers.openai.com/api/docs/pricing), standard tier"
-
 #: Machine prices by name. Editable defaults; see :func:`register_machine_price`.
 MACHINE_PRICES: dict[str, MachinePrice] = {
     "cpu-2vcpu": MachinePrice("cpu-2vcpu", 0.1008, "cpu", f"m7i.large (2 vCPU, 8 GiB), {_AWS}", "2026-11-23"),
     "gpu-h100": MachinePrice("gpu-h100", 2.99, "gpu", _GPU, "2026-11-23"),
 }
-
-#: Per-token API prices by ``provider/model``. Editable defaults; see :func:`register_price`.
-TOKEN_PRICES: dict[str, TokenPrice] = {
-    p.model: p
-    for p in (
-        TokenPrice("openai/gpt-4o-mini", 0.15, 0.075, 0.60, _OAI, "2026-11-23"),
-        TokenPrice("openai/gpt-4.1-mini", 0.40, 0.10, 1.60, _OAI, "2026-11-23"),
-        TokenPrice("openai/gpt-5-mini", 0.25, 0.025, 2.00, _GH, "2026-11-23"),
-        TokenPrice("anthropic/claude-haiku-4.5", 1.00, 0.10, 5.00, _GH, "2026-11-23"),
-        TokenPrice("google/gemini-3.5-flash", 1.50, 0.15, 9.00, _GH, "2026-11-23"),
-    )
-}
-
 
 def register_price(model: str, *, input: float, output: float, cached_input: float | None = None,
                    source: str = "user", as_of: str = "") -> TokenPrice:

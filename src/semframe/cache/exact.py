@@ -93,26 +93,15 @@ class _KeyIndex:
         self.next_rowid = max(self.next_rowid, first_rowid + len(hashes))
 
     def _add(self, hashes: np.ndarray, rowids: np.ndarray) -> None:
-        """Rows read from the table (a key may already be known: the first row of a key wins)."""
+        """Rows read from the table, in row-id order (a key already known keeps its first row)."""
         if len(hashes) > 4096 or len(hashes) + len(self.recent) > max(65536, len(self.hashes) // 8):
             self._merge(hashes, rowids)
             return
-        hashes_l, rowids_l = hashes.tolist(), rowids.tolist()
-        known = self.find(hashes_l)
+        hashes_l = hashes.tolist()
         setdefault = self.recent.setdefault
-        for h, r, k in zip(hashes_l, rowids_l, known):
-            if k < 0 or r < k:
-                if k >= 0:
-                    self.recent[h] = r
-                else:
-                    setdefault(h, r)
-
-    def _find_one(self, h: int) -> int:
-        if len(self.hashes):
-            pos = int(np.searchsorted(self.hashes, h))
-            if pos < len(self.hashes) and self.hashes[pos] == h:
-                return int(self.rowids[pos])
-        return -1
+        for h, r, known in zip(hashes_l, rowids.tolist(), self.find(hashes_l)):
+            if known < 0:
+                setdefault(h, r)
 
     def _merge(self, hashes: np.ndarray, rowids: np.ndarray) -> None:
         rec_h = np.fromiter(self.recent.keys(), dtype=np.int64, count=len(self.recent))

@@ -329,6 +329,8 @@ class _Handle:
         self.exact_end_tenure = -1
         #: The file whose macros were checked (they are checked once per file and process).
         self.macros_checked: tuple[int, int] | None = None
+        #: This process was forked while its parent had the file open: it may not open it.
+        self.inherited = False
 
     # ------------------------------------------------------------------ directory and files
 
@@ -402,11 +404,18 @@ class _Handle:
     # ------------------------------------------------------------------ fork
 
     def check_pid(self) -> None:
-        """After a fork the child must not touch the parent's connection or lock."""
+        """After a fork the child must not touch the parent's connection or lock. (The parent
+        closes its connections before forking -- see ``_before_fork`` -- so there is none to
+        inherit, unless the fork came in the middle of an operation.)"""
         if self.pid == os.getpid():
             return
         if self.con is not None:
-            _INHERITED.append(self.con)  # never closed here: closing would checkpoint the parent's file
+            # Closing it here would crash (DuckDB's threads did not survive the fork) or
+            # checkpoint the parent's file from the child; and while it lives, DuckDB would hand
+            # it out again for this path. So it is kept forever, and this process may not use the
+            # cache directory at all.
+            _leak(self.con)
+            self.inherited = True
         for fd in (self.lock_fd, self.wait_fd):
             if fd is not None:
                 with contextlib.suppress(OSError):
@@ -448,9 +457,9 @@ class _Handle:
         self.make_directory()
         if self.wait_fd is None:
             self.wait_fd = self._open_aux(self.wait_path)
-        fcntl.flock(self.wait_fd, fcntl.LOCK_SH)  # "I am waiting" (the holder sees it)
+        deadline = time.monotonic() + timeout
+        _announce(self.wait_fd, deadline, self.directory)  # "I am waiting" (the holder sees it)
         try:
-            deadline = time.monotonic() + timeout
             delay = 0.002
             while True:
                 fd = self._open_aux(self.lock_path)
@@ -489,6 +498,11 @@ class _Handle:
         """The connection, opened (and the lock taken) if needed. A holder that another process
         waits for hands the database over first (after holding it ``MIN_HOLD_S`` at least)."""
         self.check_pid()
+        if self.inherited:
+            raise CacheError(
+                f"this process was forked while its parent was using the cache at {self.directory}; "
+                "it cannot open it safely. Start processes with multiprocessing's 'spawn' or "
+                "'forkserver' method, fork outside of semframe calls, or pass cache=False")
         if self.con is not None:
             if not self.still_ours():
                 self.release(keep_index=True)
@@ -518,6 +532,7 @@ class _Handle:
 
         foreign_deadline: float | None = None
         quarantined = False
+        vanished = 0
         self.tighten_files(warn=True)  # files that were there before this process opened them
         while True:
             self._private(self.path, 0o600)
@@ -549,6 +564,12 @@ class _Handle:
                         f"use the duckdb version that wrote it, or clear it with "
                         f"semframe.cache.clear_cache() (or delete the file)"
                     ) from None
+                if "No such file or directory" in message and vanished < 5:
+                    # The directory was removed (clear_cache, rm -rf) between making it and opening
+                    # the file: make it again and retry.
+                    vanished += 1
+                    self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                    continue
                 if not quarantined and (_CORRUPT.search(message) or isinstance(exc, duckdb.InternalException)):
                     self.quarantine(message)
                     quarantined = True
@@ -749,13 +770,29 @@ class _Handle:
             )
 
 
+def _announce(wait_fd: int, deadline: float, directory: Path) -> None:
+    """Take the shared lock on ``answers.wait`` (a holder only ever holds it exclusively for a
+    moment, to look for waiters)."""
+    while True:
+        try:
+            fcntl.flock(wait_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            if time.monotonic() > deadline:
+                raise CacheError(f"the cache at {directory} stayed locked by another process; wait for it, "
+                                 "or use another cache_dir") from None
+            time.sleep(0.001)
+
+
 _handles: dict[str, _Handle] = {}
 _handles_lock = threading.Lock()
-_INHERITED: list[Any] = []  # connections inherited over fork: kept alive, never closed in the child
+_INHERITED: list[Any] = []  # connections inherited over a fork: kept alive, never closed in the child
 
 
 def _handle_for(directory: Path) -> _Handle:
-    key = os.path.abspath(directory)
+    key = os.path.realpath(directory)  # one handle per directory, however it is spelled
     with _handles_lock:
         handle = _handles.get(key)
         if handle is None:
@@ -773,6 +810,28 @@ def _close_all() -> None:
                 handle.mutex.release()
 
 
+def _leak(obj: Any) -> None:
+    """Keep ``obj`` alive until the process ends, its destructor never run (not even at exit)."""
+    import ctypes
+
+    _INHERITED.append(obj)
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+
+
+def _before_fork() -> None:
+    """Close this process's connections before it forks: a child must not inherit an open DuckDB
+    database (it could neither close it nor open the file again). The parent reopens on next use."""
+    for handle in list(_handles.values()):
+        if handle.pid != os.getpid() or handle.con is None:
+            continue
+        if handle.mutex.acquire(timeout=5.0):
+            try:
+                if handle.depth == 0:  # not in the middle of an operation (of the forking thread)
+                    handle.release(keep_index=True)
+            finally:
+                handle.mutex.release()
+
+
 def _after_fork_in_child() -> None:
     global _handles_lock
     _handles_lock = threading.Lock()
@@ -781,7 +840,7 @@ def _after_fork_in_child() -> None:
         handle.check_pid()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 class AnswerStore:
@@ -829,10 +888,10 @@ class AnswerStore:
             handle.release()
             handle.make_directory()
             wait_fd = handle._open_aux(handle.wait_path)
-            fcntl.flock(wait_fd, fcntl.LOCK_SH)
+            deadline = time.monotonic() + self.lock_timeout
             fd = None
             try:
-                deadline = time.monotonic() + self.lock_timeout
+                _announce(wait_fd, deadline, self.directory)
                 delay = 0.002
                 while True:
                     fd = handle._open_aux(self.lock_path)

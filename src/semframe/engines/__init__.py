@@ -1,6 +1,7 @@
 """Engines: the Engine interface and its implementations.
 
-``VLLMEngine`` is looked up lazily so that importing semframe never imports vllm or torch.
+``VLLMEngine`` and ``OpenAIEngine`` are looked up lazily so that importing semframe never imports
+vllm, torch or httpx.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from semframe.engines.base import (
 from semframe.engines.testing import DeterministicEngine
 
 if TYPE_CHECKING:
+    from semframe.engines.openai import OpenAIEngine
     from semframe.engines.vllm import VLLMEngine
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "Engine",
     "EngineUsage",
     "Message",
+    "OpenAIEngine",
     "RawCompletion",
     "Request",
     "VLLMEngine",
@@ -37,4 +40,8 @@ def __getattr__(name: str) -> Any:
         from semframe.engines.vllm import VLLMEngine
 
         return VLLMEngine
+    if name == "OpenAIEngine":
+        from semframe.engines.openai import OpenAIEngine
+
+        return OpenAIEngine
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -133,6 +133,14 @@ class RawCompletion:
     #: For a choice: label -> probability (the engine's distribution over the labels at the
     #: answer's first position, summing to 1), where the engine knows it; else None.
     probabilities: dict[str, float] | None = None
+    #: The request's own latency (an engine that sends requests one by one, e.g. over HTTP,
+    #: measures it from the first send to the answer, over all attempts); None: the request's
+    #: share of the batch's time (a batch engine answers all its requests together).
+    latency_s: float | None = None
+    #: Calls the engine made for this request (retries and a re-ask included); 1 for one call.
+    attempts: int = 1
+    #: What the engine did beyond one plain call, for lineage (e.g. "re-asked once: ..."); None.
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +158,15 @@ class Completion:
     error, and where the engine does not know them (a grammar-decoded choice, an answer read
     back from the persistent cache). Not part of equality: two completions with the same answer
     compare equal.
+
+    ``latency_s`` is the request's own latency: for an engine that answers requests one by one
+    (:class:`~semframe.engines.concurrent.ConcurrentEngine`, e.g. over HTTP) the time from its
+    first send to its answer, retries included -- with many requests in flight these add up to
+    more than the batch took; for a batch engine its equal share of the batch's time.
+    ``engine_s`` is its share of the engine's wall time, what machine-hour costs and budgets
+    count (the completions of a batch add up to the batch's time; None where it equals
+    ``latency_s``): read it as :attr:`charged_s`. ``attempts`` counts the calls made for it
+    (retries and a re-ask included) and ``note`` says what happened beyond one plain call.
     """
 
     text: str | None
@@ -161,10 +178,18 @@ class Completion:
     latency_s: float = 0.0
     error: str | None = None
     probabilities: dict[str, float] | None = field(default=None, compare=False)
+    engine_s: float | None = field(default=None, compare=False)
+    attempts: int = field(default=1, compare=False)
+    note: str | None = field(default=None, compare=False)
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def charged_s(self) -> float:
+        """This answer's share of the engine's wall time (what machine-hour costs count)."""
+        return self.latency_s if self.engine_s is None else self.engine_s
 
 
 @dataclass
@@ -178,22 +203,37 @@ class EngineUsage:
     output_tokens: int = 0
     errors: int = 0
     seconds: float = 0.0
+    #: Calls made for the requests (retries and re-asks included): ``attempts - requests`` extra.
+    attempts: int = 0
 
 
 def finish(request: Request, raw: RawCompletion, latency_s: float) -> Completion:
-    """Parse one raw completion against its request's output spec."""
+    """Parse one raw completion against its request's output spec.
+
+    ``latency_s`` is the request's share of the batch's time; where the engine measured the
+    request's own latency (``raw.latency_s``), that is the completion's latency and the share
+    its ``engine_s``.
+    """
     p, c, o = raw.prompt_tokens, raw.cached_prompt_tokens, raw.output_tokens
+    extra: dict[str, Any] = {}
+    if raw.latency_s is not None:
+        extra["engine_s"] = latency_s
+        latency_s = raw.latency_s
+    if raw.attempts != 1:
+        extra["attempts"] = raw.attempts
+    if raw.note is not None:
+        extra["note"] = raw.note
     text = raw.text
     if raw.error is not None or text is None:
-        return Completion(text, None, "error", p, c, o, latency_s, raw.error or "engine returned no text")
+        return Completion(text, None, "error", p, c, o, latency_s, raw.error or "engine returned no text", **extra)
     if raw.finish_reason == "length" and not isinstance(request.spec, TextSpec):
         return Completion(text, None, raw.finish_reason, p, c, o, latency_s,
-                          f"answer cut off at max_tokens={request.max_tokens} before it was complete")
+                          f"answer cut off at max_tokens={request.max_tokens} before it was complete", **extra)
     try:
         value = request.spec.parse(text)
     except OutputError as exc:
-        return Completion(text, None, raw.finish_reason, p, c, o, latency_s, str(exc))
-    return Completion(text, value, raw.finish_reason, p, c, o, latency_s, probabilities=raw.probabilities)
+        return Completion(text, None, raw.finish_reason, p, c, o, latency_s, str(exc), **extra)
+    return Completion(text, value, raw.finish_reason, p, c, o, latency_s, probabilities=raw.probabilities, **extra)
 
 
 class Engine(ABC):
@@ -209,6 +249,10 @@ class Engine(ABC):
     #: Whether the engine enforces the output spec while decoding (choice / JSON schema); every
     #: answer is checked against its spec either way.
     constrained_decoding: bool = False
+    #: Per-token prices (a :class:`~semframe.accounting.prices.TokenPrice`) of an engine that is
+    #: billed by the token (an API); None: the engine runs on a machine priced by the hour
+    #: (``sf.configure(machine=...)``), as every local engine does.
+    pricing: Any = None
 
     def __init__(self) -> None:
         self.usage = EngineUsage()
@@ -262,11 +306,20 @@ class Engine(ABC):
             u.cached_prompt_tokens += c.cached_prompt_tokens
             u.output_tokens += c.output_tokens
             u.errors += c.error is not None
+            u.attempts += c.attempts
         return done
 
     def count_tokens(self, text: str) -> int:
         """Tokens in ``text`` by this engine's tokenizer; the base guess is ~4 characters a token."""
         return max(1, (len(text) + 3) // 4)
+
+    def token_bound(self, request: Request, prompt_tokens: int) -> tuple[int, int]:
+        """The most (prompt, output) tokens answering ``request`` can bill, given its prompt's count.
+
+        Budgets check a batch with it before it is sent. One call: the prompt and ``max_tokens``;
+        an engine that may call more than once per request (a re-ask) says so here.
+        """
+        return prompt_tokens, request.max_tokens
 
     def close(self) -> None:
         """Release the engine's resources. Safe to call twice."""

@@ -19,6 +19,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -26,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from semframe.config import cache_dir
+from semframe.engines.quiet import engine_logs_wanted, engine_output, notice
 from semframe.errors import EngineError
 
 logger = logging.getLogger("semframe")
@@ -34,6 +36,8 @@ logger = logging.getLogger("semframe")
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: Bumped when the conversion itself changes, so old converted folders are not reused.
 CONVERSION_VERSION = "1"
+#: A converted folder's name: ``<gguf stem>-<12 hex digits>``.
+_CONVERTED_NAME = re.compile(r"^(?P<stem>.+)-[0-9a-f]{12}$")
 
 
 def models_dir() -> Path:
@@ -101,7 +105,7 @@ def _offline() -> Iterator[None]:
                 os.environ[k] = v
 
 
-def convert_gguf(gguf: str | os.PathLike[str], *, dtype: str = "bfloat16") -> Path:
+def convert_gguf(gguf: str | os.PathLike[str], *, dtype: str = "bfloat16", quiet: bool | None = None) -> Path:
     """Dequantize a GGUF model into a safetensors folder vLLM can load, once.
 
     The result is cached under :func:`models_dir`; later calls return the cached folder at once.
@@ -114,6 +118,11 @@ def convert_gguf(gguf: str | os.PathLike[str], *, dtype: str = "bfloat16") -> Pa
         Path of a ``.gguf`` file (a model architecture transformers can read from GGUF).
     dtype
         torch dtype name of the saved weights.
+    quiet
+        As ``VLLMEngine(quiet=...)``: what transformers prints while converting (its progress
+        bar, warnings) goes to the ``semframe.engine`` logger unless engine logs are wanted.
+        semframe says on stderr that it is converting, and how long it took, when progress is
+        shown (a terminal or a notebook).
 
     Returns
     -------
@@ -132,9 +141,14 @@ def convert_gguf(gguf: str | os.PathLike[str], *, dtype: str = "bfloat16") -> Pa
     target = converted_dir(src)
     if (target / "config.json").is_file():
         return target
+    notice(f"converting the model {src.name} to a {dtype} safetensors folder for vLLM "
+           "(first use only; about 25 s and 1.2 GB of memory on a small CPU machine) ...")
+    logger.info("converting %s to %s", src, target)
+    start = time.perf_counter()
     try:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+        with engine_output(engine_logs_wanted(quiet)):
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
     except ImportError as exc:
         raise EngineError(
             f"converting {src.name} needs transformers, gguf and accelerate ({exc}); "
@@ -142,12 +156,9 @@ def convert_gguf(gguf: str | os.PathLike[str], *, dtype: str = "bfloat16") -> Pa
         ) from exc
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    msg = f"semframe: converting {src.name} to a {dtype} safetensors folder at {target} (once)"
-    logger.warning(msg)
-    start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        with _offline():
+        with _offline(), engine_output(engine_logs_wanted(quiet)):
             tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
             model = AutoModelForCausalLM.from_pretrained(
                 src.parent,
@@ -171,26 +182,45 @@ def convert_gguf(gguf: str | os.PathLike[str], *, dtype: str = "bfloat16") -> Pa
         raise EngineError(f"could not convert {src} for vLLM: {type(exc).__name__}: {exc}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    logger.warning("semframe: converted %s in %.1f s", src.name, time.perf_counter() - start)
+    notice(f"converted {src.name} in {time.perf_counter() - start:.1f} s (kept in {target})")
     return target
 
 
-def default_model_dir() -> Path:
+def default_model_dir(*, quiet: bool | None = None) -> Path:
     """The default model (SmolLM2-135M-Instruct) as a folder vLLM can load, converting it once."""
-    return convert_gguf(default_gguf_path())
+    return convert_gguf(default_gguf_path(), quiet=quiet)
 
 
-def resolve_model(model: str | os.PathLike[str] | None) -> str:
+def short_model_name(model: str | os.PathLike[str]) -> str:
+    """A model's name for display: a folder's name (a converted GGUF's without its digest), else as given.
+
+    >>> short_model_name("/home/me/.cache/semframe/models/SmolLM2-135M-Instruct.Q4_1-8251de5504f5")
+    'SmolLM2-135M-Instruct.Q4_1'
+    >>> short_model_name("HuggingFaceTB/SmolLM2-135M-Instruct")
+    'HuggingFaceTB/SmolLM2-135M-Instruct'
+    """
+    text = str(model)
+    path = Path(text)
+    if not path.is_absolute() and not text.startswith((".", "~")):
+        return text  # a hub id ("org/name") or a bare name
+    name = path.name or text
+    match = _CONVERTED_NAME.match(name)
+    if match and path.parent.name == "models":
+        return match["stem"]
+    return name
+
+
+def resolve_model(model: str | os.PathLike[str] | None, *, quiet: bool | None = None) -> str:
     """Turn a ``model`` argument into what ``vllm.LLM(model=...)`` accepts.
 
     ``None`` is the default model; a ``.gguf`` file is converted (once); an existing folder is
     used as it is; anything else is passed through as a model hub id.
     """
     if model is None:
-        return str(default_model_dir())
+        return str(default_model_dir(quiet=quiet))
     path = Path(model).expanduser()
     if path.suffix == ".gguf":
-        return str(convert_gguf(path))
+        return str(convert_gguf(path, quiet=quiet))
     if path.exists():
         if not (path / "config.json").is_file():
             raise EngineError(f"{path} is not a model folder (it has no config.json)")

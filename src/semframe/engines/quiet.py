@@ -119,7 +119,7 @@ class _ToSemframe(logging.Handler):
             message = record.getMessage()
         except Exception:
             message = str(record.msg)
-        engine_logger.log(level, "vllm %s: %s", record.name, message)
+        engine_logger.log(level, "%s: %s", record.name, message)
 
 
 _handler = _ToSemframe()
@@ -218,6 +218,34 @@ def _flush_c_streams() -> None:
         ctypes.CDLL(None).fflush(None)
 
 
+def _reroute_app_handlers(saved: dict[int, int], real_out: Any, real_err: Any) -> list[tuple[Any, Any, Any]]:
+    """Point the application's own log handlers (on the root and ``semframe`` loggers) that write
+    to the terminal's stdout/stderr at the saved descriptors for the capture, so what the
+    application's logging shows during the start still shows, once, where it would have.
+
+    Returns ``(handler, its stream, the stand-in)`` for putting them back.
+    """
+    done: list[tuple[Any, Any, Any]] = []
+    writers: dict[int, Any] = {}
+    for name in ("", "semframe"):
+        for handler in logging.getLogger(name).handlers:
+            stream = getattr(handler, "stream", None)
+            if not isinstance(handler, logging.StreamHandler) or stream not in (
+                    real_out, real_err, sys.__stdout__, sys.__stderr__):
+                continue
+            try:
+                fd = stream.fileno()
+            except Exception:  # not backed by a descriptor (a notebook's stream): nothing to do
+                continue
+            if fd not in saved:
+                continue
+            if fd not in writers:
+                writers[fd] = open(saved[fd], "w", buffering=1, closefd=False,  # noqa: SIM115
+                                   encoding=getattr(stream, "encoding", None) or "utf-8", errors="replace")
+            done.append((handler, handler.setStream(writers[fd]), writers[fd]))
+    return done
+
+
 @contextlib.contextmanager
 def engine_output(loud: bool) -> Iterator[Captured]:
     """Catch everything printed while an engine is imported or started (see the module docstring).
@@ -246,6 +274,7 @@ def engine_output(loud: bool) -> Iterator[Captured]:
                 os.close(copy)
             saved = {}
         real_out, real_err = sys.stdout, sys.stderr
+        rerouted = _reroute_app_handlers(saved, real_out, real_err)
         gate_out, gate_err = _Gate(real_out, captured._buffer), _Gate(real_err, captured._buffer)
         sys.stdout, sys.stderr = gate_out, gate_err  # type: ignore[assignment]
         try:
@@ -256,6 +285,10 @@ def engine_output(loud: bool) -> Iterator[Captured]:
             with contextlib.suppress(Exception):
                 gate_out.flush(), gate_err.flush()
             _flush_c_streams()
+            for handler, stream, writer in rerouted:
+                with contextlib.suppress(Exception):
+                    writer.flush()
+                handler.setStream(stream)
             for fd, copy in saved.items():
                 os.dup2(copy, fd)
                 os.close(copy)

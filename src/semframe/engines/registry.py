@@ -149,7 +149,8 @@ def _registered(name: str) -> tuple[Any, str]:
     """What ``sf.configure(engines=...)`` registered under ``name`` (or None), and where the
     engine made from the name is kept."""
     registered = config.settings.engines.get(name)
-    return registered, (f"registered:{name}" if registered is not None else name)
+    # Keyed by the factory too: registering a new one for the same name makes a new engine.
+    return registered, (f"registered:{name}:{id(registered)}" if registered is not None else name)
 
 
 def _existing_by_name(name: str) -> Engine | None:

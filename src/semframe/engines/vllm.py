@@ -503,8 +503,9 @@ class VLLMEngine(Engine):
         Passed to ``vllm.LLM`` unchanged (e.g. ``max_num_seqs``, ``quantization``).
 
     Creating the engine starts nothing: vLLM starts at the first batch the engine must answer
-    (or the first :meth:`render` / :attr:`max_model_len`), so a run whose answers are all in the
-    cache never starts it. Engines made with the same start-up options share one running vLLM
+    (or the first read of :attr:`max_model_len` / :attr:`dtype`; :meth:`count_tokens` and
+    :meth:`render` need only the tokenizer), so a run whose answers are all in the cache never
+    starts it. Engines made with the same start-up options share one running vLLM
     (re-running ``engine = sf.VLLMEngine()`` in a notebook does not load the model again); it
     shuts down when the last of them is closed or garbage collected.
 
@@ -544,8 +545,8 @@ class VLLMEngine(Engine):
             raise EngineError(f"choice_decoding must be 'one_token' or 'grammar', got {choice_decoding!r}")
         self._choice_decoding = choice_decoding
         # Nothing here imports vllm or torch, or starts anything: the engine starts at its first
-        # generate() (or render/max_model_len; count_tokens loads only the tokenizer). A missing
-        # vllm, a missing model and a model without chat template are still reported right here.
+        # generate() (or a read of max_model_len / dtype); count_tokens() and render() load only
+        # the tokenizer. A missing vllm or model, or a model without chat template, still fail here.
         _check_vllm_installed()
         self._quiet = quiet
         self._model = resolve_model(model, quiet=quiet)
@@ -813,63 +814,8 @@ class VLLMEngine(Engine):
         labels = tuple(labels)
         tables = self.__dict__.setdefault("_label_tables", {})
         if labels not in tables:
-            tables[labels] = self._build_label_table(labels)
+            tables[labels] = build_label_table(self._tokenizer, labels, self._chat_template)
         return tables[labels]
-
-    def _answer_opening(self) -> str:
-        """The chat template's text between the last user message and the answer."""
-        mark = "\ue000"
-        text = self._tokenizer.apply_chat_template(
-            [{"role": "user", "content": mark}], tokenize=False, add_generation_prompt=True,
-            chat_template=self._chat_template,
-        )
-        at = text.rfind(mark)
-        return text[at + len(mark):] if at >= 0 else ""
-
-    def _build_label_table(self, labels: tuple[str, ...]) -> _LabelTable | None:
-        tok = self._tokenizer
-        opening = self._answer_opening()
-        base = tok.encode(opening, add_special_tokens=False)
-        specials = set(tok.all_special_ids)
-
-        def spelled(text: str) -> list[int]:
-            """``text``'s tokens as they follow the answer's opening (leading-space variants and
-            merges across the boundary as the tokenizer makes them)."""
-            ids = tok.encode(opening + text, add_special_tokens=False)
-            if ids[: len(base)] == base:
-                return ids[len(base):]
-            return tok.encode(text, add_special_tokens=False)
-
-        def text_of(token: int) -> str:
-            """The token's text where it would stand, its leading whitespace dropped."""
-            before = tok.decode(base, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            after = tok.decode([*base, token], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            return (after[len(before):] if after.startswith(before) else tok.decode([token])).lstrip()
-
-        def owners(prefix: str) -> list[int]:
-            return [j for j, label in enumerate(labels) if label.startswith(prefix)]
-
-        spellings = [spelled(label) for label in labels]
-        if any(not ids or specials.intersection(ids) for ids in spellings):
-            return None
-        firsts = [ids[0] for ids in spellings]
-        if len(set(firsts)) != len(firsts) or len(firsts) > _MAX_LABEL_TOKENS:
-            return None  # labels share a first token: the grammar decides
-        tokens: dict[int, int] = {}
-        for i, first in enumerate(firsts):
-            head = text_of(first)
-            if not head or owners(head) != [i]:
-                return None  # the first token also begins another label (or spells nothing)
-            tokens[first] = i
-        for i, label in enumerate(labels):  # the other single tokens that begin one label only
-            for k in range(1, min(len(label), _LABEL_PREFIX_CHARS) + 1):
-                prefix = label[:k]
-                if owners(prefix) != [i]:
-                    continue
-                ids = spelled(prefix)
-                if len(ids) == 1 and ids[0] not in specials and len(tokens) < _MAX_LABEL_TOKENS:
-                    tokens.setdefault(ids[0], i)
-        return _LabelTable(labels, tokens, max(len(ids) for ids in spellings))
 
     def _one_step(self, request: Request) -> _LabelTable | None:
         """The label table to decode ``request`` with in one step, or None (grammar or no choice)."""
@@ -1008,6 +954,66 @@ class VLLMEngine(Engine):
     def closed(self) -> bool:
         """Whether :meth:`close` has been called."""
         return self._closed
+
+
+def build_label_table(tokenizer: Any, labels: Sequence[str], chat_template: str | None = None) -> _LabelTable | None:
+    """The one-step table of a choice over ``labels`` for a model's tokenizer, or None where the
+    choice needs the grammar path (the rule: :meth:`VLLMEngine.label_table`).
+
+    Each label is tokenized as it would follow the chat template's assistant opening; the table
+    maps each label's first token, and every other single token spelling a beginning of that
+    label and of no other, to the label. Pure tokenizer work (no vLLM), so the benchmarks' raw
+    vLLM contender decodes with exactly the same table.
+    """
+    labels = tuple(labels)
+    tok = tokenizer
+    mark = "\ue000"
+    rendered = tok.apply_chat_template([{"role": "user", "content": mark}], tokenize=False,
+                                       add_generation_prompt=True, chat_template=chat_template)
+    at = rendered.rfind(mark)
+    opening = rendered[at + len(mark):] if at >= 0 else ""  # between the user's text and the answer
+    base = tok.encode(opening, add_special_tokens=False)
+    specials = set(tok.all_special_ids)
+
+    def spelled(text: str) -> list[int]:
+        """``text``'s tokens as they follow the answer's opening (leading-space variants and
+        merges across the boundary as the tokenizer makes them)."""
+        ids = tok.encode(opening + text, add_special_tokens=False)
+        if ids[: len(base)] == base:
+            return ids[len(base):]
+        return tok.encode(text, add_special_tokens=False)
+
+    before = tok.decode(base, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def text_of(token: int) -> str:
+        """The token's text where it would stand, its leading whitespace dropped."""
+        after = tok.decode([*base, token], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return (after[len(before):] if after.startswith(before) else tok.decode([token])).lstrip()
+
+    def owners(prefix: str) -> list[int]:
+        return [j for j, label in enumerate(labels) if label.startswith(prefix)]
+
+    spellings = [spelled(label) for label in labels]
+    if any(not ids or specials.intersection(ids) for ids in spellings):
+        return None
+    firsts = [ids[0] for ids in spellings]
+    if len(set(firsts)) != len(firsts) or len(firsts) > _MAX_LABEL_TOKENS:
+        return None  # labels share a first token: the grammar decides
+    tokens: dict[int, int] = {}
+    for i, first in enumerate(firsts):
+        head = text_of(first)
+        if not head or owners(head) != [i]:
+            return None  # the first token also begins another label (or spells nothing)
+        tokens[first] = i
+    for i, label in enumerate(labels):  # the other single tokens that begin one label only
+        for k in range(1, min(len(label), _LABEL_PREFIX_CHARS) + 1):
+            prefix = label[:k]
+            if owners(prefix) != [i]:
+                continue
+            ids = spelled(prefix)
+            if len(ids) == 1 and ids[0] not in specials and len(tokens) < _MAX_LABEL_TOKENS:
+                tokens.setdefault(ids[0], i)
+    return _LabelTable(labels, tokens, max(len(ids) for ids in spellings))
 
 
 def _one_step_completion(o: Any, labels: _LabelTable, prompt_tokens: int, cached: int) -> RawCompletion:

@@ -49,6 +49,8 @@ LINEAGE_SCHEMA = {
     "cached_prompt_tokens": pl.Int64,
     "output_tokens": pl.Int64,
     "latency_s": pl.Float64,
+    "attempts": pl.Int32,
+    "note": pl.String,
 }
 
 
@@ -69,6 +71,13 @@ class Outcome:
     source_row_id: int | None = None
     similarity: float | None = None
     probabilities: dict[str, float] | None = None
+    #: The answer's share of the engine's wall time, where it differs from ``latency_s`` (an
+    #: engine with many requests in flight); None: ``latency_s``.
+    engine_s: float | None = None
+    #: Engine calls made for this cell (retries and a re-ask included); 0 for a reused answer.
+    attempts: int = 0
+    #: What the engine did beyond one plain call (e.g. a re-ask), else None.
+    note: str | None = None
 
 
 @dataclass
@@ -95,6 +104,17 @@ class StepMetrics:
     output_tokens: int = 0
     engine_seconds: float = 0.0
     seconds: float = 0.0
+    #: The per-token prices (a TokenPrice) of the engine that answered the step, for an engine
+    #: billed by the token; None: machine-hour pricing (a local engine).
+    pricing: Any = None
+
+    @property
+    def token_usd(self) -> float:
+        """What the step's engine tokens cost at its per-token prices (0 for machine-hour pricing)."""
+        if self.pricing is None:
+            return 0.0
+        return self.pricing.cost(prompt_tokens=self.prompt_tokens, output_tokens=self.output_tokens,
+                                 cached_prompt_tokens=self.cached_prompt_tokens)
 
     def add(self, outcome: Outcome) -> None:
         src = outcome.source
@@ -103,7 +123,7 @@ class StepMetrics:
             self.prompt_tokens += outcome.prompt_tokens
             self.cached_prompt_tokens += outcome.cached_prompt_tokens
             self.output_tokens += outcome.output_tokens
-            self.engine_seconds += outcome.latency_s
+            self.engine_seconds += outcome.latency_s if outcome.engine_s is None else outcome.engine_s
         elif src == "dedup":
             self.dedup_hits += 1
         elif src == "exact_cache":
@@ -121,7 +141,8 @@ class StepMetrics:
 
 #: The Outcome fields that become lineage columns, in LINEAGE_SCHEMA order.
 _OUTCOME_FIELDS = ("request_key", "source", "source_row_id", "similarity", "raw_output", "value", "probabilities",
-                   "error", "finish_reason", "prompt_tokens", "cached_prompt_tokens", "output_tokens", "latency_s")
+                   "error", "finish_reason", "prompt_tokens", "cached_prompt_tokens", "output_tokens", "latency_s",
+                   "attempts", "note")
 _fields_of = attrgetter(*_OUTCOME_FIELDS)
 
 

@@ -35,18 +35,12 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from semframe.accounting.prices import MachinePrice, format_usd
+from semframe.engines.quiet import _in_notebook
 
 
 def in_notebook() -> bool:
     """True inside a Jupyter kernel (checked without importing IPython)."""
-    ipython = sys.modules.get("IPython")
-    if ipython is None:
-        return False
-    try:
-        shell = ipython.get_ipython()
-    except Exception:
-        return False
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+    return _in_notebook()
 
 
 def progress_mode(setting: bool | None, stream: TextIO | None = None) -> str | None:
@@ -200,7 +194,8 @@ class Progress:
         for c in completions:
             s.calls += 1
             s.tokens += c.prompt_tokens + c.output_tokens
-            s.engine_seconds += c.latency_s
+            share = getattr(c, "engine_s", None)  # its share of the engine's time, where it differs
+            s.engine_seconds += c.latency_s if share is None else share
         self.current = step
         self._refresh()
 
@@ -245,7 +240,15 @@ class Progress:
 
     @property
     def cost(self) -> float:
-        return self.machine.cost(self.engine_seconds) if self.machine is not None else 0.0
+        return sum(self.step_cost(s) for s in self.steps.values())
+
+    def step_cost(self, s: Any) -> float:
+        """A step's cost so far: its tokens at its engine's prices for an engine billed by the
+        token, else its engine seconds at the machine's hourly price."""
+        pricing = getattr(s.metrics, "pricing", None)
+        if pricing is not None:
+            return s.metrics.token_usd
+        return self.machine.cost(s.engine_seconds) if self.machine is not None else 0.0
 
     @property
     def elapsed(self) -> float:
@@ -316,7 +319,7 @@ class Progress:
             state = "done" if s.finished else ("running" if index == self.current else
                                                ("started" if s.started else "waiting"))
             weight = "font-weight:bold;" if index == self.current and not s.finished else ""
-            cost = self.machine.cost(s.engine_seconds) if self.machine is not None else 0.0
+            cost = self.step_cost(s)
             cells = [str(index), html.escape(s.label), s.rows_text(), bar, f"{s.calls:,}", reused,
                      f"{s.tokens:,}", format_usd(cost), state]
             rows.append(f"<tr style='{weight}'>" + "".join(f"<td style='{td}'>{c}</td>" for c in cells) + "</tr>")

@@ -127,9 +127,9 @@ def apply(node: Relational, *frames: pl.LazyFrame) -> pl.LazyFrame:
         out = node.apply(lf)
         if CARRIER in out.collect_schema().names():
             return out
-        if all(e.expr.meta.is_length_preserving() for e in node.exprs):
+        if all(e.is_elementwise and e.keeps_length for e in node.exprs):
             return lf.select([*(e.expr for e in node.exprs), pl.col(CARRIER)])
-        return out.with_columns(pl.lit(None, dtype=pl.Null).alias(CARRIER))
+        return _lost(out)  # a sort, a reverse, an aggregate: row k is not input row k
     return node.apply(lf)
 
 
@@ -144,14 +144,17 @@ def _apply_expanding(node: Relational, lf: pl.LazyFrame) -> pl.LazyFrame:
         keep = data.with_columns(node.predicate.expr.alias(_KEEP)).select(_KEEP)
         return pl.concat([lf, keep], how="horizontal").filter(pl.col(_KEEP)).drop(_KEEP)
     if isinstance(node, Sort):
-        keys = data.select([e.expr.name.prefix(f"__sf_key{i}_") for i, e in enumerate(node.by)])
+        parts = [data.select(e.expr.name.prefix(f"__sf_key{i}_")) for i, e in enumerate(node.by)]
+        widths = [len(p.collect_schema()) for p in parts]  # a selector key sorts by each of its columns
+        keys = pl.concat(parts, how="horizontal")
         names = keys.collect_schema().names()
-        flags = node.descending
-        descending = flags[0] if len(set(flags)) == 1 else list(flags)  # one flag fits any expansion
+        descending = [d for d, w in zip(node.descending, widths) for _ in range(w)]
         return (pl.concat([lf, keys], how="horizontal")
                   .sort(names, descending=descending, nulls_last=node.nulls_last, maintain_order=True)
                   .drop(names))
     if isinstance(node, Select):
+        if not all(e.is_elementwise_per_column for e in node.exprs):
+            return _lost(node.apply(data))  # it reorders or aggregates: row k is not input row k
         # Row k of the output is input row k when the select kept the height; else (an
         # aggregate) the rows have no input row.
         out = data.select(*(e.expr for e in node.exprs), pl.len().alias(_HEIGHT)).with_row_index(_POS)
@@ -202,15 +205,21 @@ def _apply_call(node: PolarsCall, frames: Sequence[pl.LazyFrame]) -> pl.LazyFram
 
 
 def _with_subset(call: Call, lf: pl.LazyFrame) -> Call:
-    """``unique()`` / ``drop_nulls()`` with no subset look at every column: name the data ones."""
+    """``unique()`` / ``drop_nulls()`` / ``drop_nans()`` with no subset look at every column:
+    name the data ones (for ``drop_nans``, the float ones)."""
     if call.name not in _SUBSET_METHODS:
         return call
     kwargs = dict(call.kwargs)
-    if call.args or kwargs.get("subset") is not None:
+    args = list(call.args)
+    subset = args[0] if args else kwargs.get("subset")
+    if subset is not None:
         return call
-    data = [c for c in lf.collect_schema().names() if c != CARRIER]
+    if args:
+        args = args[1:]  # subset=None given by position
+    schema = lf.collect_schema()
+    data = [c for c, dt in schema.items() if c != CARRIER and (call.name != "drop_nans" or dt.is_float())]
     kwargs["subset"] = FrozenList(data)
-    return Call(call.name, call.args, tuple(kwargs.items()))
+    return Call(call.name, tuple(args), tuple(kwargs.items()))
 
 
 def _join(node: PolarsCall, frames: Sequence[pl.LazyFrame]) -> pl.LazyFrame:

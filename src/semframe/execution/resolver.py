@@ -116,8 +116,8 @@ class AnswerResolver:
         self.recorder = recorder or LineageRecorder(enabled=False)
         self._before = [o.before_engine_batch for o in observers if hasattr(o, "before_engine_batch")]
         self._after = [o.after_engine_batch for o in observers if hasattr(o, "after_engine_batch")]
-        self._memos: dict[str, OrderedDict[str, tuple[Completion, int | None]]] = {}  # per engine fingerprint
-        self._samples: dict[str, int] = {}
+        self._memos: dict[str, OrderedDict[str, tuple[Completion, int, int | None]]] = {}  # per engine fingerprint
+        self._samples: OrderedDict[str, int] = OrderedDict()
         self._semantic: dict[int, Any] = {}
         self._fingerprints: dict[int, str] = {}
         #: Every semantic-cache reuse of the run (for ``audit_semantic_cache``).
@@ -138,7 +138,7 @@ class AnswerResolver:
             fp = self._fingerprints[id(engine)] = engine.fingerprint()
         return fp
 
-    def _memo_of(self, step: StepInfo) -> OrderedDict[str, tuple[Completion, int | None]]:
+    def _memo_of(self, step: StepInfo) -> OrderedDict[str, tuple[Completion, int, int | None]]:
         fp = self.fingerprint_of(step) if step.engine is not None else ""
         memo = self._memos.get(fp)
         if memo is None:
@@ -172,12 +172,17 @@ class AnswerResolver:
             if step.dedupe:
                 hit = memo.get(key)  # type: ignore[union-attr]
                 if hit is not None and not (step.probabilities and hit[0].probabilities is None):
-                    outcomes[i] = _outcome(hit[0], "dedup", key, source_row_id=hit[1], free=True)
+                    # Row ids name rows of one input: an answer first given to another step's row
+                    # names no row here.
+                    source = hit[2] if hit[1] == step.index else None
+                    outcomes[i] = _outcome(hit[0], "dedup", key, source_row_id=source, free=True)
                     continue
                 group_key = key
             else:
                 k = self._samples.get(key, 0)
                 self._samples[key] = k + 1
+                if len(self._samples) > self.memo_size:
+                    self._samples.popitem(last=False)  # bounded like the memo
                 group_key = key if k == 0 else f"{key}#{k}"
             rows = pending.get(group_key)
             if rows is None:
@@ -265,6 +270,8 @@ class AnswerResolver:
         """One engine call; answers go to the exact cache (under ``cache_keys``) as soon as it returns."""
         if not batch:
             return []
+        if step.metrics.pricing is None:  # the step is billed as its engine is: by token or by hour
+            step.metrics.pricing = self.engine_of(step).pricing
         for before in self._before:
             before(step, batch)  # may raise (a budget) before anything is spent
         completions = self._generate(step, batch)
@@ -318,7 +325,7 @@ class AnswerResolver:
         if step.dedupe:
             memo = self._memo_of(step)
             if key not in memo:
-                memo[key] = (comp, ids[first])
+                memo[key] = (comp, step.index, ids[first])
                 if len(memo) > self.memo_size:
                     memo.popitem(last=False)  # the oldest answer (O(1), unlike a dict's first key)
 
@@ -349,4 +356,4 @@ def _outcome(comp: Completion, source: str, key: str, *, source_row_id: int | No
                        source_row_id=source_row_id, similarity=similarity, probabilities=comp.probabilities)
     return Outcome(comp.value, source, key, comp.text, comp.error, comp.finish_reason, comp.prompt_tokens,
                    comp.cached_prompt_tokens, comp.output_tokens, comp.latency_s, source_row_id, similarity,
-                   comp.probabilities)
+                   comp.probabilities, comp.engine_s, comp.attempts, comp.note)

@@ -136,7 +136,8 @@ class RunResult:
         Rows in/out, ``selectivity`` (rows out / rows in, for ``filter`` only), engine requests
         and batches, reused answers by kind, tokens, time, ``rows_per_s`` (rows in per second of
         the step), ``tokens_per_s`` (prompt + output tokens per engine second) and ``cost_usd``
-        (the step's engine seconds at the machine's hourly price).
+        (the step's engine seconds at the machine's hourly price; for an engine billed by the
+        token, such as ``sf.OpenAIEngine(..., prices=...)``, its tokens at the engine's prices).
         """
         rows = []
         for m in self.step_metrics:
@@ -145,7 +146,8 @@ class RunResult:
             row["rows_per_s"] = m.rows_in / m.seconds if m.seconds > 0 else None
             tokens = m.prompt_tokens + m.output_tokens
             row["tokens_per_s"] = tokens / m.engine_seconds if m.engine_seconds > 0 else None
-            row["cost_usd"] = self.machine.cost(m.engine_seconds)
+            # Tokens x prices for an engine billed by the token, else engine seconds x the machine's price.
+            row["cost_usd"] = m.token_usd if m.pricing is not None else self.machine.cost(m.engine_seconds)
             rows.append(row)
         return pl.DataFrame(rows, schema=_METRIC_DTYPES)
 

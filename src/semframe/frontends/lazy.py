@@ -232,19 +232,25 @@ class SemLazyFrame:
         flags = (descending,) * len(keys) if isinstance(descending, bool) else tuple(descending)
         return self._then(Sort(self._plan_node, keys, flags, nulls_last))
 
-    def drop(self, *columns: str | Sequence[str], strict: bool = True) -> SemLazyFrame:
-        names: list[str] = []
+    def drop(self, *columns: Any, strict: bool = True) -> SemLazyFrame:
+        """Drop columns by name (like ``pl.LazyFrame.drop``); selectors and expressions work too."""
+        names: list[Any] = []
         for c in columns:
-            names.extend([c] if isinstance(c, str) else c)
+            names.extend([c] if isinstance(c, (str, pl.Expr)) else c)
+        if any(not isinstance(c, str) for c in names):
+            return self._call_method("drop", tuple(names), {"strict": strict})  # a polars step
         missing = [c for c in names if c not in self.columns]
         if missing and strict:
             raise PlanError(f"drop: column {missing[0]!r} not found; columns are "
                             f"{', '.join(map(repr, self.columns))}")
         return self._then(Drop(self._plan_node, tuple(c for c in names if c in self.columns)))
 
-    def rename(self, mapping: Mapping[str, str]) -> SemLazyFrame:
+    def rename(self, mapping: Mapping[str, str] | Any, *, strict: bool = True) -> SemLazyFrame:
+        """Rename columns (like ``pl.LazyFrame.rename``); ``strict=False`` skips names not present."""
         if not isinstance(mapping, Mapping):
-            return self._call_method("rename", (mapping,), {})  # a function of names: a polars step
+            return self._call_method("rename", (mapping,), {"strict": strict})  # a function of names
+        if not strict:
+            mapping = {old: new for old, new in mapping.items() if old in self.columns}
         return self._then(Rename(self._plan_node, tuple(mapping.items())))
 
     # ------------------------------------------------------------------ the rest of polars' API

@@ -65,42 +65,60 @@ def run_plan(plan: Node, *, engine: Any = None, max_cost: float | None = None, m
     ``sink`` (a :mod:`semframe.physical.sinks` sink, made with the plan's schema) receives every
     output batch instead of the result frame, so the run's memory does not grow with its rows.
     """
-    opts = RunOptions.resolve(config.settings, **options)
-    plan, root = prepare(plan, opts)
-    semantic = has_semantic(plan)
-    # The run's engine is made (and started) only if a step has no engine of its own.
-    needs_default = any(isinstance(n, SemanticStep) and n.engine is None for n in walk(plan))
-    eng = resolve_engine(engine) if needs_default else None
-    if eng is None and semantic:
-        first = next(n for n in walk(plan) if isinstance(n, SemanticStep))
-        machine_engine = resolve_engine(first.engine)
-    else:
-        machine_engine = eng
-    machine = machine_price(machine_engine)
-    observers: list[Any] = []
-    budget = None
-    if max_cost is not None or max_tokens is not None:
-        budget = Budget(max_tokens=max_tokens, max_cost=max_cost, machine=machine,
-                        throughput=throughput_for(machine_engine, machine.kind), engine=machine_engine)
-        observers.append(budget)
-    mode = progress_mode(opts.progress) if semantic else None
-    progress = Progress(mode, machine=machine) if mode else None
-    if progress is not None:
-        progress.plan_steps((op.index, op.node.operator, op.node.name)
-                            for op in root.walk() if isinstance(op, RowOperator))
-        observers.append(progress)
-    exact_cache = _open_exact_cache() if (opts.cache and semantic) else None
-    if exact_cache is not None:
-        logger.info("exact cache: %s", getattr(exact_cache, "path", config.cache_dir()))
-    recorder = LineageRecorder(enabled=opts.lineage)
-    ctx = RunContext(engine=eng, options=opts, recorder=recorder, progress=progress, machine=machine,
-                     resolver=AnswerResolver(eng, exact_cache=exact_cache, recorder=recorder, observers=observers,
-                                             on_error=opts.on_error, memo_size=opts.memo_size))
-    steps = sum(1 for n in walk(plan) if isinstance(n, SemanticStep))
-    if eng is not None:
-        logger.info("run: %d semantic step(s) on engine %s (model %s), batch_size=%d, lineage %s",
-                    steps, eng.name, eng.model, opts.batch_size, "on" if opts.lineage else "off")
+    try:
+        opts = RunOptions.resolve(config.settings, **options)
+        plan, root = prepare(plan, opts)
+        semantic = has_semantic(plan)
+        # The run's engine is made (and started) only if a step has no engine of its own.
+        needs_default = any(isinstance(n, SemanticStep) and n.engine is None for n in walk(plan))
+        eng = resolve_engine(engine) if needs_default else None
+        if eng is None and semantic:
+            first = next(n for n in walk(plan) if isinstance(n, SemanticStep))
+            machine_engine = resolve_engine(first.engine)
+        else:
+            machine_engine = eng
+        machine = machine_price(machine_engine)
+        observers: list[Any] = []
+        budget = None
+        if max_cost is not None or max_tokens is not None:
+            budget = Budget(max_tokens=max_tokens, max_cost=max_cost, machine=machine,
+                            throughput=throughput_for(machine_engine, machine.kind), engine=machine_engine)
+            observers.append(budget)
+        mode = progress_mode(opts.progress) if semantic else None
+        progress = Progress(mode, machine=machine) if mode else None
+        if progress is not None:
+            progress.plan_steps((op.index, op.node.operator, op.node.name)
+                                for op in root.walk() if isinstance(op, RowOperator))
+            observers.append(progress)
+        exact_cache = _open_exact_cache() if (opts.cache and semantic) else None
+        if exact_cache is not None:
+            logger.info("exact cache: %s", getattr(exact_cache, "path", config.cache_dir()))
+        recorder = LineageRecorder(enabled=opts.lineage)
+        ctx = RunContext(engine=eng, options=opts, recorder=recorder, progress=progress, machine=machine,
+                         resolver=AnswerResolver(eng, exact_cache=exact_cache, recorder=recorder, observers=observers,
+                                                 on_error=opts.on_error, memo_size=opts.memo_size))
+        steps = sum(1 for n in walk(plan) if isinstance(n, SemanticStep))
+        if eng is not None:
+            logger.info("run: %d semantic step(s) on engine %s (model %s), batch_size=%d, lineage %s",
+                        steps, eng.name, eng.model, opts.batch_size, "on" if opts.lineage else "off")
+    except BaseException as exc:  # the run could not start: no file, and last_run says so
+        if sink is not None:
+            sink.close(ok=False)
+        _failed_to_start(plan, exc)
+        raise
     return execute(root, ctx, plan, sink)
+
+
+def _failed_to_start(plan: Node, error: BaseException) -> None:
+    """``sf.last_run()`` after a run that failed before its first batch: that run, empty."""
+    result = RunResult(
+        df=Batch.empty(plan.schema).frame, row_ids=pl.Series("row_id", [], dtype=pl.UInt32),
+        recorder=LineageRecorder(enabled=False), step_metrics=[], plan=plan, seconds=0.0, engine_model="",
+        complete=False, error=f"{type(error).__name__}: {error}",
+    )
+    set_last_run(result)
+    if isinstance(error, SemframeError) and getattr(error, "result", None) is None:
+        error.result = result  # type: ignore[attr-defined]
 
 
 def execute(root: PhysicalOp, ctx: RunContext, plan: Node, sink: Any = None) -> RunResult:
@@ -135,7 +153,8 @@ def execute(root: PhysicalOp, ctx: RunContext, plan: Node, sink: Any = None) -> 
             error.result = result  # type: ignore[attr-defined]
         raise error
     if ctx.engine is not None:
-        logger.info("run done: %d rows out, %d engine requests, %.3f s", result.df.height,
+        rows = result.df.height if result.rows_written is None else result.rows_written
+        logger.info("run done: %d rows out, %d engine requests, %.3f s", rows,
                     result.engine_requests, result.seconds)
     return result
 

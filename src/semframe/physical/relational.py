@@ -22,7 +22,7 @@ from semframe.execution.context import RunContext
 from semframe.execution.provenance import Batch
 from semframe.physical.base import EstimateContext, EstState, PhysicalOp
 from semframe.plan.expr import PlExpr, reads
-from semframe.plan.nodes import Filter, Head, Node, PolarsCall, Relational, Scan, walk
+from semframe.plan.nodes import Filter, Head, Node, PolarsCall, Relational, Rename, Scan, walk
 
 
 def rebatch(stream: Iterator[Batch], size: int) -> Iterator[Batch]:
@@ -190,6 +190,10 @@ class PolarsStep(PhysicalOp):
             batch = s.batch.slice(0, node.n) if s.batch is not None and s.exact else s.batch
             return EstState(batch, min(s.rows_low, node.n), min(s.rows_high, node.n), s.exact, s.unknown)
         unknown = frozenset().union(*(s.unknown for s in states))
+        if isinstance(node, Rename) and unknown:  # a model's column keeps being unknown under its new name
+            mapping = dict(node.mapping)
+            unknown = frozenset(mapping.get(c, c) for c in unknown)
+            states = [EstState(s.batch, s.rows_low, s.rows_high, s.exact, unknown) for s in states]
         # A polars method may name columns as strings (subset=["c"], by="c") or read them all.
         read = _call_reads(node) if isinstance(node, PolarsCall) else reads(node.expressions)
         touches_unknown = bool(unknown) and (read is None or bool(read & unknown) or len(states) > 1)

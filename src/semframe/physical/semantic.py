@@ -153,21 +153,33 @@ class RowOperator(PhysicalOp):
             valid = texts.drop_nulls()
             skipped = texts.len() - valid.len()
             distinct = valid.unique(maintain_order=True)
+            # A head above may stop pulling rows before this step has asked about all of them.
+            sure = state.exact and state.rows_low == state.rows_high == texts.len() and not est.under_head
+            exact = sure
             if self.dedupe:
                 b = self.builder
-                same = (b.shared, b.spec, b.max_tokens, b.temperature, b.layout)  # requests equal by text
-                seen = est.seen.get(same)
+                # Requests are equal when the text is, within one memo (one per engine).
+                same = (b.shared, b.spec, b.max_tokens, b.temperature, b.layout, _engine_key(node.engine))
+                seen, maybe = est.seen.get(same), est.seen.get(("maybe", same))
                 fresh = distinct if seen is None else distinct.filter(~distinct.is_in(seen.implode()))
-                est.seen[same] = distinct if seen is None else pl.concat([seen, fresh]).unique()
                 n_calls = fresh.len()
+                if maybe is not None and fresh.is_in(maybe.implode()).any():
+                    exact = False  # an earlier step may or may not have asked these already
+                # Only prompts surely asked may be subtracted from later steps.
+                slot = same if sure else ("maybe", same)
+                before = est.seen.get(slot)
+                est.seen[slot] = distinct if before is None else pl.concat([before, distinct]).unique()
+                memo_used = est.seen.get(same)
+                if not self.exact_cache and memo_used is not None and memo_used.len() > self.options.memo_size:
+                    exact = False  # repeats further apart than the memo holds may be asked again
             else:
                 n_calls = valid.len()
-            # A head above may stop pulling rows before this step has asked about all of them.
-            exact = state.exact and state.rows_low == state.rows_high == texts.len() and not est.under_head
-            if self.dedupe and not self.exact_cache and distinct.len() > self.options.memo_size:
-                exact = False  # repeats further apart than the memo holds may be asked again
+            if node.semantic_cache is not None:
+                exact = False  # near-duplicates may be answered from each other
             per_row = n_calls / texts.len() if texts.len() else 0.0
             calls_low = n_calls if exact else round(min(state.rows_low * per_row, n_calls))
+            if node.semantic_cache is not None:
+                calls_low = min(1, n_calls)
             calls_high = n_calls if exact else math.ceil(min(
                 state.rows_high, distinct.len() if self.dedupe else valid.len()))
             pool = distinct.to_list()
@@ -219,6 +231,11 @@ def expected_rows(op: PhysicalOp, progress: Any) -> int | None:
     if len(op.inputs) == 1 and op.node.rows in ("aligned", "permutation"):
         return expected_rows(op.inputs[0], progress)
     return None
+
+
+def _engine_key(engine: Any) -> Any:
+    """Which memo a step's answers go to in the estimate: the run engine's, or its own engine's."""
+    return None if engine is None else (engine if isinstance(engine, str) else id(engine))
 
 
 def _rendered(node: SemanticStep, frame: pl.DataFrame) -> pl.Series:

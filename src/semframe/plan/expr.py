@@ -65,13 +65,37 @@ class PlExpr:
         """
         if self.selects_all:
             return False  # polars cannot analyse an expression before expanding it (it raises)
+        tree = self._tree
+        return tree is not None and _elementwise_tree(tree)
+
+    @cached_property
+    def is_elementwise_per_column(self) -> bool:
+        """:attr:`is_elementwise` for each column an expanding expression (``pl.all().abs()``,
+        ``cs.integer() + 1``) stands for: its selectors read as one plain column each."""
+        if not self.selects_all:
+            return self.is_elementwise
+        tree = self._tree
+        return tree is not None and _elementwise_tree(_without_selectors(tree))
+
+    @cached_property
+    def keeps_length(self) -> bool:
+        """True if the expression gives one value per input row (or a literal, broadcast):
+        ``drop_nulls``, ``filter``, ``explode`` and aggregates do not."""
+        tree = self._tree
+        if tree is None:
+            return False
         try:
-            tree = json.loads(self.expr.meta.serialize(format="json"))
+            expr = pl.Expr.deserialize(io.StringIO(json.dumps(_without_selectors(tree))), format="json")
+            return expr.meta.is_length_preserving() or expr.meta.is_literal()
+        except (Exception, pl.exceptions.PanicException):
+            return False
+
+    @cached_property
+    def _tree(self) -> Any:
+        try:
+            return json.loads(self.expr.meta.serialize(format="json"))
         except (pl.exceptions.PolarsError, ValueError, TypeError):
-            return False
-        if _contains_key(tree, {"Agg", "Len", "Over", "Window", "Rolling"}):
-            return False
-        return all(_row_separable(sub) for sub in _subexpressions(tree))
+            return None
 
     @classmethod
     def of(cls, value: Any, where: str) -> PlExpr:
@@ -87,6 +111,39 @@ class PlExpr:
 
 def _plexpr_from_bytes(blob: bytes) -> PlExpr:
     return PlExpr(pl.Expr.deserialize(io.BytesIO(blob)))
+
+
+#: Functions whose later inputs are read as whole columns (a lookup set), not row by row.
+_LOOKUPS = ("Replace", "ReplaceStrict", "IsIn", "IndexOf", "SearchSorted")
+
+
+def _elementwise_tree(tree: Any) -> bool:
+    if _contains_key(tree, {"Agg", "Len", "Over", "Window", "Rolling"}) or _looks_up_columns(tree):
+        return False
+    return all(_row_separable(sub) for sub in _subexpressions(tree))
+
+
+def _looks_up_columns(tree: Any) -> bool:
+    """True if a lookup function (``replace``, ``is_in`` ...) takes a column, not literals, to look in."""
+    if isinstance(tree, dict):
+        fn = tree.get("Function")
+        if isinstance(fn, dict) and any(name in json.dumps(fn.get("function")) for name in _LOOKUPS):
+            if any(not (isinstance(i, dict) and "Literal" in i) for i in fn.get("input", [])[1:]):
+                return True
+        return any(_looks_up_columns(v) for v in tree.values())
+    if isinstance(tree, list):
+        return any(_looks_up_columns(v) for v in tree)
+    return False
+
+
+def _without_selectors(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        if "Selector" in tree and len(tree) == 1:
+            return {"Column": "__sf_any"}
+        return {k: _without_selectors(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_without_selectors(v) for v in tree]
+    return tree
 
 
 def _subexpressions(tree: Any):

@@ -264,11 +264,16 @@ class Relational(Node):
     def _compute_schema(self) -> Schema:
         children = self.children
         try:
-            return _schema_of(self.apply(*(empty_frame(c.schema) for c in children)))
+            schema = _schema_of(self.apply(*(empty_frame(c.schema) for c in children)))
         except pl.exceptions.PolarsError as exc:
             first = str(exc).strip().splitlines()[0]
             cols = ", ".join(map(repr, children[0].columns)) if children else ""
             raise PlanError(f"{self.where}: {first}; columns are {cols}") from None
+        bad = [name for name, _ in schema if name.startswith(RESERVED_PREFIX)]
+        if bad:
+            raise PlanError(f"{self.where}: column name {bad[0]!r} uses the reserved prefix {RESERVED_PREFIX!r}; "
+                            "pick another name")
+        return schema
 
     @property
     def where(self) -> str:
@@ -322,7 +327,9 @@ class Select(Relational):
 
     @property
     def rows(self) -> str:  # type: ignore[override]
-        return "aligned" if self.elementwise else "other"
+        # drop_nulls / filter / explode inside a select are row-separable but change the count.
+        keeps_count = all(e.keeps_length for e in self.exprs)
+        return "aligned" if self.elementwise and keeps_count else "other"
 
     @property
     def expressions(self) -> tuple[PlExpr, ...]:

@@ -612,7 +612,7 @@ class _Reader:
         if not isinstance(ref, str) or ":" not in ref:
             raise PlanError(f"deserialize: {where}: a model should be named 'module:QualName', got {ref!r}")
         if not self.import_models:
-            raise PlanError(f"deserialize: {where}: the extract schema is the pydantic model {ref}; loading it imports "
+            raise PlanError(f"deserialize: {where}: the extract schema uses the pydantic model {ref}; loading it imports "
                             "that module (code). Pass import_models=True (semframe run --import-models) if you trust "
                             "the plan, or save the plan with a dict schema")
         import importlib

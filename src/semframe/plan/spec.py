@@ -906,10 +906,13 @@ class ChoiceSpec(OutputSpec):
 
 
 def _field_tokens(ft: FieldType) -> int:
-    """Tokens a typical answer to one field takes (generous: a truncated JSON is a null)."""
+    """Tokens one field's answer may take (generous: a truncated JSON is a null)."""
     kind = ft.kind
     if kind == "str":
-        return 60 if ft.max_length is None else min(60, ft.max_length + 2)
+        # Room for the longest string the schema allows at one character a token (plus quotes):
+        # constrained decoding can spell a degenerate repetition that way, and a JSON answer cut
+        # off at max_tokens is a null.
+        return min(MAX_STRING_CHARS, ft.max_length if ft.max_length is not None else MAX_STRING_CHARS) + 2
     if kind == "enum":
         return max(len(str(v)) for v in ft.values) + 3
     if kind == "list":

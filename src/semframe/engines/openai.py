@@ -1,0 +1,618 @@
+"""``OpenAIEngine``: any OpenAI-compatible chat-completions server, over HTTP.
+
+``vllm serve``, llama.cpp's ``llama-server``, Ollama, SGLang, a provider's API (OpenAI, Together,
+...): anything that answers ``POST {base_url}/chat/completions`` the way OpenAI's API does. The
+model is any name the server knows (there is no catalog); ``sf.OpenAIEngine("http://host:8000")``
+without a model takes the server's only one.
+
+Requests go out concurrently through :class:`~semframe.engines.concurrent.ConcurrentEngine`
+(in-flight limit, rate limits, timeouts, retries with backoff and ``Retry-After``, one error per
+failed row); the HTTP client is ``httpx``. Structured outputs are asked for the way the server
+understands them (``structured=``):
+
+- ``"vllm"``: vLLM's ``structured_outputs`` field -- ``{"choice": labels}`` for a choice,
+  ``{"json": schema}`` for a JSON answer (the old ``guided_choice`` is silently ignored by
+  current vLLM, so it is never sent);
+- ``"openai"``: OpenAI's ``response_format`` of type ``json_schema`` (strict); a choice is asked as
+  ``{"answer": <one of the labels>}`` and the label is read back out of it;
+- ``"none"``: nothing is constrained; each answer is parsed and validated against its spec, and
+  an answer that fails is asked again once with the validation error (the completion's ``note``
+  and ``attempts`` record the re-ask; a second failure is the row's error, saying so);
+- ``"auto"`` (default): ``"vllm"`` when the server's ``/v1/models`` says ``owned_by: vllm``,
+  else ``"openai"``.
+
+A choice's label probabilities (``Completion.probabilities``) come from the log-probabilities the
+server reports for the answer's first token (``logprobs``, ``top_logprobs=20``): each reported
+token that begins exactly one label adds its probability to that label, renormalised over the
+labels -- the labels' share of the server's top 20 tokens at the position where the label is
+picked (None where that position cannot be found, or the answer's own token begins no single
+label). A server that refuses ``logprobs`` (HTTP 400) is asked again without, once, and never
+asked for them again.
+
+Usage is the server's (``prompt_tokens``, ``prompt_tokens_details.cached_tokens``,
+``completion_tokens``). The fingerprint is computed once, lazily, from what the server says it
+serves (its ``/v1/models`` entry: id, root, max_model_len, owned_by, and ``created`` except on
+vLLM, where it is the time of the request), the base URL without credentials and the options
+that change answers. The API key never appears in reprs, logs, errors, lineage, caches or
+fingerprints.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from semframe.engines.base import Message, RawCompletion, Request
+from semframe.engines.concurrent import ConcurrentEngine, FatalError, TransientError
+from semframe.errors import EngineError, OutputError
+from semframe.plan.spec import ChoiceSpec, JsonSpec, TextSpec
+
+logger = logging.getLogger("semframe")
+
+STRUCTURED_MODES = ("auto", "vllm", "openai", "none")
+#: HTTP statuses worth retrying besides 5xx: request timeout, conflict (OpenAI's advice), rate limit.
+_RETRY_STATUSES = frozenset({408, 409, 429})
+#: Prompt tokens over the heuristic estimate assumed before the server has reported any.
+_FIRST_PROMPT_RATIO = 2.0
+#: Log-probabilities asked for at each answer token of a choice (OpenAI's and vLLM's default maximum).
+_TOP_LOGPROBS = 20
+#: What the re-ask says (the validation error follows).
+_REASK = ("Your answer could not be used: {error}. Answer again with only {expected}, "
+          "nothing else.")
+
+
+class _Secret:
+    """A credential: usable by the client, shown nowhere (repr, str, format give ``***``)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "***"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a credential cannot be pickled")
+
+
+def _split_url(base_url: str) -> tuple[str, tuple[str, str] | None]:
+    """The base URL without user:password (and with ``/v1`` added to a bare host), and the credentials."""
+    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+        raise EngineError(f"base_url must be an http(s) URL such as 'http://127.0.0.1:8000/v1', got {base_url!r}")
+    parts = urllib.parse.urlsplit(base_url)
+    auth = None
+    if parts.username is not None or parts.password is not None:
+        auth = (urllib.parse.unquote(parts.username or ""), urllib.parse.unquote(parts.password or ""))
+    netloc = parts.hostname or ""
+    if ":" in netloc:  # IPv6
+        netloc = f"[{netloc}]"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    path = parts.path.rstrip("/")
+    if path == "":
+        path = "/v1"
+    # A query (e.g. Azure's api-version) is kept; a fragment never matters.
+    clean = urllib.parse.urlunsplit((parts.scheme, netloc, path, parts.query, ""))
+    return clean, auth
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds the server asks to wait: ``retry-after-ms``, or ``Retry-After`` (seconds or an HTTP date)."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class OpenAIEngine(ConcurrentEngine):
+    """An engine answering through an OpenAI-compatible chat-completions server.
+
+    Parameters
+    ----------
+    base_url
+        The server's API root, e.g. ``"http://127.0.0.1:8000/v1"`` (``/v1`` is added to a bare
+        ``http://host:port``). Credentials in the URL (``https://user:pw@host``) are sent as
+        basic auth and dropped everywhere else.
+    model
+        The model name the server knows. None: the server's only model (``/v1/models``); an
+        error lists them when it serves several.
+    api_key
+        Sent as ``Authorization: Bearer ...``. None: ``$OPENAI_API_KEY`` if set, else no header
+        (local servers need none).
+    max_concurrency, requests_per_minute, tokens_per_minute, timeout_s, max_attempts
+        See :class:`~semframe.engines.concurrent.ConcurrentEngine`.
+    structured
+        ``"auto"``, ``"vllm"``, ``"openai"`` or ``"none"``: how choice and JSON answers are
+        constrained (see the module docstring).
+    prices
+        What the API charges: a :class:`~semframe.accounting.prices.TokenPrice`, the name of one
+        in ``sf.accounting.TOKEN_PRICES`` (e.g. ``"openai/gpt-4o-mini"``), or a dict
+        ``{"input": ..., "output": ..., "cached_input": ...}`` in USD per million tokens. Runs,
+        estimates and budgets then cost tokens x these prices. None (default): a server you run
+        yourself, priced by the machine-hour like a local engine (``sf.configure(machine=...)``).
+    extra_body
+        Fields added to every request body (e.g. ``{"seed": 0}``, ``{"top_k": 1}``); part of the
+        fingerprint.
+    headers
+        Extra HTTP headers (never logged; not part of the fingerprint).
+
+    Examples
+    --------
+    >>> import semframe as sf
+    >>> engine = sf.OpenAIEngine("http://127.0.0.1:8000", "my-model", api_key="sk-secret")
+    >>> engine
+    OpenAIEngine(base_url='http://127.0.0.1:8000/v1', model='my-model')
+    >>> "sk-secret" in repr(vars(engine))
+    False
+    >>> engine.close()
+    """
+
+    name = "openai"
+    device = "remote"
+
+    def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None, *,
+                 max_concurrency: int = 32, requests_per_minute: float | None = None,
+                 tokens_per_minute: float | None = None, timeout_s: float = 120.0, max_attempts: int = 8,
+                 structured: str = "auto", prices: Any = None, extra_body: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None, backoff_s: float = 0.5, max_backoff_s: float = 30.0,
+                 max_retry_after_s: float = 120.0) -> None:
+        super().__init__(max_concurrency=max_concurrency, requests_per_minute=requests_per_minute,
+                         tokens_per_minute=tokens_per_minute, timeout_s=timeout_s, max_attempts=max_attempts,
+                         backoff_s=backoff_s, max_backoff_s=max_backoff_s, max_retry_after_s=max_retry_after_s)
+        if structured not in STRUCTURED_MODES:
+            raise EngineError(f"structured must be one of {', '.join(map(repr, STRUCTURED_MODES))}, got {structured!r}")
+        if model is not None and (not isinstance(model, str) or not model.strip()):
+            raise EngineError(f"model must be a non-empty string (or None: the server's only model), got {model!r}")
+        self.base_url, auth = _split_url(base_url)
+        if api_key is None:
+            api_key = os.environ.get("OPENAI_API_KEY") or None
+        self._api_key = _Secret(api_key) if api_key else None
+        # Credentials in the URL are basic auth, unless an API key is given (it wins).
+        self._auth = (auth[0], _Secret(auth[1])) if auth else None
+        self._url_secret = self._auth[1] if self._auth else None
+        if self._api_key is not None:
+            self._auth = None
+        self._model = model
+        self._structured = structured
+        self.pricing = _pricing(prices)
+        self._extra_body = dict(extra_body or {})
+        self._headers = {k: _Secret(v) for k, v in (headers or {}).items()}
+        self._models: list[dict[str, Any]] | None = None  # the server's /v1/models, read once
+        self._fingerprint: str | None = None
+        self._max_ratio = 0.0  # the highest server prompt tokens / our estimate seen so far
+        self._system_fingerprints: set[str] = set()
+        self._client: Any = None
+        self._logprobs = True  # asked for a choice's first token until the server refuses them
+
+    # -- identity -------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> str:
+        """The model name sent to the server (asked of the server, once, if none was given)."""
+        if self._model is None:
+            self._model = self._only_model()
+        return self._model
+
+    @property
+    def structured(self) -> str:
+        """How structured outputs are asked for: ``"vllm"``, ``"openai"`` or ``"none"`` (resolved)."""
+        if self._structured == "auto":
+            entry = self._entry()
+            self._structured = "vllm" if entry is not None and entry.get("owned_by") == "vllm" else "openai"
+        return self._structured
+
+    @property
+    def constrained_decoding(self) -> bool:  # type: ignore[override]
+        return self.structured != "none"
+
+    def server_models(self) -> list[dict[str, Any]]:
+        """The server's ``/v1/models`` entries (read once; [] where the server has no such endpoint)."""
+        if self._models is None:
+            self._models = self.run_async(self._aget_models)
+        return self._models
+
+    def _entry(self) -> dict[str, Any] | None:
+        name = self.model
+        return next((m for m in self.server_models() if m.get("id") == name), None)
+
+    def _only_model(self) -> str:
+        models = [m.get("id") for m in self.server_models() if m.get("id")]
+        if len(models) == 1:
+            return str(models[0])
+        if not models:
+            raise EngineError(f"the server at {self.base_url} lists no models at /models; "
+                              "pass the model name: sf.OpenAIEngine(base_url, model='...')")
+        raise EngineError(f"the server at {self.base_url} serves {len(models)} models ({', '.join(map(str, models))}); "
+                          "pick one: sf.OpenAIEngine(base_url, model='...')")
+
+    def fingerprint_facts(self) -> dict[str, Any]:
+        """Everything the fingerprint digests (nothing secret)."""
+        entry = self._entry()
+        server = None
+        if entry is not None:
+            keys = ("id", "root", "parent", "owned_by", "max_model_len")
+            server = {k: entry.get(k) for k in keys if entry.get(k) is not None}
+            if entry.get("owned_by") != "vllm" and entry.get("created") is not None:
+                server["created"] = entry["created"]  # vLLM's is the time of the request: left out
+        return {"engine": self.name, "v": 1, "base_url": self.base_url, "model": self.model, "server": server,
+                "structured": self.structured, "extra_body": self._extra_body}
+
+    def fingerprint(self) -> str:
+        """A digest of the server's model and the options that change answers (computed once)."""
+        if self._fingerprint is None:
+            blob = json.dumps(self.fingerprint_facts(), sort_keys=True, default=str)
+            self._fingerprint = hashlib.sha256(blob.encode("utf-8")).hexdigest()
+        return self._fingerprint
+
+    def __repr__(self) -> str:
+        model = self._model if self._model is not None else "<the server's only model>"
+        return f"{type(self).__name__}(base_url={self.base_url!r}, model={model!r})"
+
+    # -- tokens and budgets ---------------------------------------------------------------------
+
+    def _prompt_estimate(self, request: Request) -> int:
+        # The heuristic over the contents plus a few tokens of chat template per message.
+        return sum(self.count_tokens(m.content) + 4 for m in request.messages) + 3
+
+    def count_prompt_tokens(self, request: Request) -> int:
+        """An estimate of the prompt tokens the server will bill, meant to err high.
+
+        The server's tokenizer is unknown here: the ~4-characters-a-token heuristic plus the chat
+        template's few tokens per message, scaled by the largest ratio of the server's count to
+        this estimate seen so far (x1.1), or by 2 before the server has reported any.
+        """
+        ratio = self._max_ratio * 1.1 if self._max_ratio else _FIRST_PROMPT_RATIO
+        return math.ceil(self._prompt_estimate(request) * max(1.0, ratio))
+
+    def token_bound(self, request: Request, prompt_tokens: int) -> tuple[int, int]:
+        if self.structured != "none" or isinstance(request.spec, TextSpec):
+            return prompt_tokens, request.max_tokens
+        # A re-ask sends the prompt again with the first answer and the validation error.
+        reask = prompt_tokens + request.max_tokens + self.count_tokens(_REASK) + 64
+        return prompt_tokens + reask, 2 * request.max_tokens
+
+    def estimate_request_tokens(self, request: Request) -> int:
+        return self.count_prompt_tokens(request) + request.max_tokens
+
+    # -- the HTTP calls ---------------------------------------------------------------------------
+
+    def _http_headers(self) -> dict[str, str]:
+        headers = {k: v.reveal() for k, v in self._headers.items()}
+        if self._api_key is not None:
+            headers["Authorization"] = f"Bearer {self._api_key.reveal()}"
+        return headers
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets():
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+    def _secrets(self) -> list[str]:
+        out = [v.reveal() for v in self._headers.values()]
+        if self._api_key is not None:
+            out.append(self._api_key.reveal())
+        if self._url_secret is not None:
+            out.append(self._url_secret.reveal())
+        return [s for s in out if len(s) >= 4]
+
+    async def _astart(self) -> None:
+        self._http()
+
+    def _http(self) -> Any:
+        if self._client is None:
+            import httpx
+
+            auth = (self._auth[0], self._auth[1].reveal()) if self._auth else None
+            self._client = httpx.AsyncClient(
+                base_url=self.base_url + "/",
+                headers=self._http_headers(),
+                auth=auth,
+                timeout=httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s)),
+                limits=httpx.Limits(max_connections=self.max_concurrency,
+                                    max_keepalive_connections=self.max_concurrency),
+                follow_redirects=False,
+            )
+        return self._client
+
+    async def _aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    async def _aget_models(self) -> list[dict[str, Any]]:
+        import httpx
+
+        last: Exception | None = None
+        for attempt in range(3):
+            try:
+                resp = await self._http().get("models")
+            except httpx.HTTPError as exc:
+                last = exc
+            else:
+                if resp.status_code in (404, 405):
+                    return []  # a server without /models: the fingerprint uses the name alone
+                if resp.status_code == 200:
+                    try:
+                        data = resp.json().get("data") or []
+                        return [m for m in data if isinstance(m, dict)]
+                    except (ValueError, AttributeError) as exc:
+                        last = exc
+                elif resp.status_code in _RETRY_STATUSES or resp.status_code >= 500:
+                    last = EngineError(f"HTTP {resp.status_code}")
+                else:
+                    raise EngineError(f"the server at {self.base_url} refused GET /models: HTTP {resp.status_code} "
+                                      f"{self._redact(_error_text(resp))}")
+            import asyncio
+
+            await asyncio.sleep(0.2 * 2 ** attempt)
+        raise EngineError(f"cannot reach the server at {self.base_url} (GET /models): "
+                          f"{type(last).__name__}: {self._redact(str(last))}")
+
+    def _body(self, request: Request, messages: Sequence[Message], constrain: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+        }
+        host = urllib.parse.urlsplit(self.base_url).hostname or ""
+        body["max_completion_tokens" if host.endswith("openai.com") else "max_tokens"] = request.max_tokens
+        spec = request.spec
+        mode = self.structured
+        if constrain and mode == "vllm":
+            if isinstance(spec, ChoiceSpec):
+                body["structured_outputs"] = {"choice": list(spec.labels)}
+            elif isinstance(spec, JsonSpec):
+                body["structured_outputs"] = {"json": spec.json_schema()}
+        elif constrain and mode == "openai":
+            if isinstance(spec, ChoiceSpec):
+                schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": list(spec.labels)}},
+                          "required": ["answer"], "additionalProperties": False}
+                body["response_format"] = {"type": "json_schema",
+                                           "json_schema": {"name": "choice", "schema": schema, "strict": True}}
+            elif isinstance(spec, JsonSpec):
+                body["response_format"] = {"type": "json_schema",
+                                           "json_schema": {"name": "answer", "schema": spec.json_schema(),
+                                                           "strict": True}}
+        if isinstance(spec, ChoiceSpec) and self._logprobs and mode != "none":
+            body["logprobs"] = True
+            body["top_logprobs"] = _TOP_LOGPROBS
+        body.update(self._extra_body)
+        return body
+
+    async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One POST /chat/completions; the parsed JSON of a 200, else a classified error."""
+        import httpx
+
+        try:
+            resp = await self._http().post("chat/completions", json=body)
+        except httpx.TimeoutException as exc:
+            raise TransientError(f"no answer within timeout_s={self.timeout_s:g} ({type(exc).__name__})") from None
+        except httpx.HTTPError as exc:  # connect errors, resets, a connection closed mid-answer
+            raise TransientError(f"connection failed: {type(exc).__name__}: {self._redact(str(exc))}") from None
+        status = resp.status_code
+        if status != 200:
+            detail = self._redact(_error_text(resp))
+            message = f"HTTP {status} from the server: {detail}" if detail else f"HTTP {status} from the server"
+            if status in _RETRY_STATUSES or status >= 500:
+                raise TransientError(message, retry_after=_retry_after(resp.headers), status=status)
+            raise FatalError(message, status=status)
+        try:
+            data = resp.json()
+        except ValueError as exc:
+            raise TransientError(f"the server's answer is not valid JSON ({type(exc).__name__}: "
+                                 f"{str(exc)[:80]}; {len(resp.content)} bytes)") from None
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list) or not data["choices"]:
+            raise TransientError(f"the server's answer has no choices: {self._redact(json.dumps(data)[:200])}")
+        return data
+
+    def _read(self, request: Request, data: dict[str, Any]) -> RawCompletion:
+        choice = data["choices"][0] if isinstance(data["choices"][0], dict) else {}
+        message = choice.get("message") or {}
+        usage = data.get("usage") or {}
+        details = usage.get("prompt_tokens_details") or {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+        cached = int(details.get("cached_tokens") or 0)
+        output = int(usage.get("completion_tokens") or 0)
+        if prompt:
+            self._max_ratio = max(self._max_ratio, prompt / self._prompt_estimate(request))
+        fp = data.get("system_fingerprint")
+        if isinstance(fp, str) and fp not in self._system_fingerprints:
+            self._system_fingerprints.add(fp)
+            if len(self._system_fingerprints) > 1:
+                logger.warning("%s: the server's system_fingerprint changed (%s); answers may differ from "
+                               "cached ones", self.base_url, ", ".join(sorted(self._system_fingerprints)))
+        finish = choice.get("finish_reason") or "stop"
+        text = message.get("content")
+        if text is None:
+            refusal = message.get("refusal")
+            why = f"the model refused: {refusal}" if refusal else "the server's answer has no content"
+            return RawCompletion(None, "error", prompt, cached, output, error=self._redact(str(why))[:300])
+        if finish not in ("stop", "length"):
+            return RawCompletion(text, "error", prompt, cached, output,
+                                 error=f"the server finished the answer with reason {finish!r}")
+        probabilities = None
+        if isinstance(request.spec, ChoiceSpec) and finish == "stop":
+            raw_text = text
+            if self.structured == "openai":
+                text = _label_of(text)
+            probabilities = _label_probabilities(request.spec, raw_text, text, choice.get("logprobs"))
+        return RawCompletion(text, finish, prompt, cached, output, probabilities=probabilities)
+
+    async def _send(self, request: Request, messages: Sequence[Message], constrain: bool) -> RawCompletion:
+        body = self._body(request, messages, constrain)
+        try:
+            return self._read(request, await self._post(body))
+        except FatalError as exc:
+            if "logprobs" not in body or exc.status != 400 or "logprob" not in str(exc).lower():
+                raise
+        # The server refused logprobs (e.g. a reasoning model): ask again without, and never ask for them again.
+        if self._logprobs:
+            logger.info("%s refused logprobs: label probabilities are off for this engine", self.base_url)
+        self._logprobs = False
+        body.pop("logprobs", None)
+        body.pop("top_logprobs", None)
+        raw = self._read(request, await self._post(body))
+        return replace(raw, attempts=raw.attempts + 1)
+
+    def _generate(self, requests: Sequence[Request]) -> list[RawCompletion]:
+        # Resolved here, before the batch goes to the loop (each may ask the server once).
+        self.model  # noqa: B018
+        self.structured  # noqa: B018
+        return super()._generate(requests)
+
+    async def _acall(self, request: Request) -> RawCompletion:
+        spec = request.spec
+        if not isinstance(spec, (ChoiceSpec, JsonSpec, TextSpec)):
+            return RawCompletion(None, "error", error=f"the OpenAI engine does not support output spec {type(spec).__name__}")
+        raw = await self._send(request, request.messages, constrain=True)
+        if self.structured != "none" or isinstance(spec, TextSpec) or raw.error is not None:
+            return raw
+        if raw.finish_reason == "length":  # unconstrained, it talked past max_tokens
+            first_error = f"it was cut off at max_tokens={request.max_tokens}; answer shorter"
+        else:
+            try:
+                spec.parse(raw.text)  # type: ignore[arg-type]
+                return raw
+            except OutputError as exc:
+                first_error = str(exc)
+        # One re-ask, carrying the validation error.
+        messages = (*request.messages, Message("assistant", raw.text or ""),
+                    Message("user", _REASK.format(error=first_error, expected=spec.describe())))
+        again = await self._send(request, messages, constrain=False)
+        p, c, o = (raw.prompt_tokens + again.prompt_tokens, raw.cached_prompt_tokens + again.cached_prompt_tokens,
+                   raw.output_tokens + again.output_tokens)
+        note = f"re-asked once: the first answer failed validation ({first_error})"
+        if again.error is None and again.finish_reason == "stop":
+            try:
+                spec.parse(again.text)  # type: ignore[arg-type]
+            except OutputError as exc:
+                return RawCompletion(again.text, "stop", p, c, o, attempts=raw.attempts + again.attempts, note=note,
+                                     error=f"invalid answer after one re-ask: {exc} (first answer: {first_error})")
+        return RawCompletion(again.text, again.finish_reason, p, c, o, error=again.error,
+                             attempts=raw.attempts + again.attempts, note=note)
+
+
+def _error_text(resp: Any) -> str:
+    """The server's error message from a non-200 response, short."""
+    try:
+        data = resp.json()
+    except ValueError:
+        return resp.text[:300].strip()
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            msg = err.get("message") or err.get("detail") or json.dumps(err)
+        else:
+            msg = str(err)
+        return str(msg)[:300]
+    return str(data)[:300]
+
+
+def _label_of(text: str) -> str:
+    """The label inside ``{"answer": "..."}`` (OpenAI-style choice), else the text as it came."""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(obj, dict) and isinstance(obj.get("answer"), str):
+        return obj["answer"]
+    return text
+
+
+def _label_probabilities(spec: ChoiceSpec, raw_text: str, label_text: str, logprobs: Any) -> dict[str, float] | None:
+    """Each label's share of the server's top tokens where the answer's label begins (see the module doc)."""
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not content or not isinstance(content, list):
+        return None
+    try:
+        label = spec.parse(label_text)
+    except OutputError:
+        return None
+    start = raw_text.find(label)
+    if start < 0:
+        return None
+    pos = 0
+    for item in content:
+        if not isinstance(item, dict):
+            return None
+        token = str(item.get("token") or "")
+        if pos + len(token) > start:
+            break
+        pos += len(token)
+    else:
+        return None
+    candidates: dict[str, float] = {}
+    for entry in item.get("top_logprobs") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("logprob"), (int, float)):
+            candidates.setdefault(str(entry.get("token") or ""), float(entry["logprob"]))
+    if isinstance(item.get("logprob"), (int, float)):
+        candidates.setdefault(token, float(item["logprob"]))
+    labels = spec.labels
+    mass = [0.0] * len(labels)
+    offset = start - pos  # the label may begin inside the token (after a quote, a space)
+    for tok, lp in candidates.items():
+        piece = tok[offset:].lstrip() if len(tok) > offset else ""
+        if not piece or lp != lp:
+            continue
+        owners = [j for j, name in enumerate(labels) if name.startswith(piece) or piece == name]
+        if len(owners) == 1:
+            mass[owners[0]] += math.exp(lp)
+    total = sum(mass)
+    if total <= 0 or mass[labels.index(label)] <= 0:
+        return None
+    return {name: m / total for name, m in zip(labels, mass)}
+
+
+def _pricing(prices: Any) -> Any:
+    """A TokenPrice from the ``prices`` argument (None stays None)."""
+    if prices is None:
+        return None
+    from semframe.engines.pricing import TOKEN_PRICES, TokenPrice
+
+    if isinstance(prices, TokenPrice):
+        return prices
+    if isinstance(prices, str):
+        if prices not in TOKEN_PRICES:
+            raise EngineError(f"unknown price {prices!r}; known: {', '.join(sorted(TOKEN_PRICES))} "
+                              "(add one with sf.register_price, or pass prices={'input': ..., 'output': ...})")
+        return TOKEN_PRICES[prices]
+    if isinstance(prices, dict):
+        unknown = set(prices) - {"input", "output", "cached_input", "model", "source", "as_of"}
+        if unknown or "input" not in prices or "output" not in prices:
+            raise EngineError("prices must be a TokenPrice, a name in sf.accounting.TOKEN_PRICES or a dict with "
+                              f"'input' and 'output' (and optionally 'cached_input') in USD per million tokens, got {prices!r}")
+        return TokenPrice(str(prices.get("model", "api")), float(prices["input"]),
+                          float(prices.get("cached_input", prices["input"])), float(prices["output"]),
+                          str(prices.get("source", "OpenAIEngine(prices=...)")), str(prices.get("as_of", "")))
+    raise EngineError(f"prices must be a TokenPrice, a price name or a dict, got {type(prices).__name__}")
