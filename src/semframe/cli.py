@@ -531,36 +531,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_explain(args: argparse.Namespace) -> int:
     from semframe.engines.registry import check_engine, existing_engine
 
-    if args.target in VERBS:
-        sub = argparse.ArgumentParser(prog=f"semframe explain {args.target}")
+    verb = args.target in VERBS
+    sub = argparse.ArgumentParser(prog=f"semframe explain {args.target if verb else 'PLAN'}")
+    if verb:
         _verb_arguments(sub, args.target)
-        sub.add_argument("--input-format", choices=FORMATS)
-        sub.add_argument("--engine", default=os.environ.get("SEMFRAME_ENGINE") or None)
-        sub.add_argument("--no-estimate", action="store_true")
-        try:
-            opts = sub.parse_args(args.rest)
-        except SystemExit as exc:
-            return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
-        opts.command = args.target
-        with open_input(opts.input, opts.input_format) as (lf, _):
-            plan = _verb_plan(opts, lf)
-            check_engine(opts.engine, "--engine")
-            print(plan.explain(estimate=not opts.no_estimate, engine=existing_engine(opts.engine)))
-        return EXIT_OK
-    sub = argparse.ArgumentParser(prog="semframe explain PLAN")
-    sub.add_argument("--input")
+    else:
+        sub.add_argument("--input")
+        sub.add_argument("--import-models", action="store_true")
     sub.add_argument("--input-format", choices=FORMATS)
-    sub.add_argument("--import-models", action="store_true")
     sub.add_argument("--engine", default=os.environ.get("SEMFRAME_ENGINE") or None)
     sub.add_argument("--no-estimate", action="store_true")
     try:
         opts = sub.parse_args(args.rest)
     except SystemExit as exc:
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
-    opts.plan = args.target
-    plan = _plan_file(opts)
-    check_engine(opts.engine, "--engine")
-    print(plan.explain(estimate=not opts.no_estimate, engine=existing_engine(opts.engine)))
+
+    def show(plan: Any) -> None:
+        check_engine(opts.engine, "--engine")
+        print(plan.explain(estimate=not opts.no_estimate, engine=existing_engine(opts.engine)))
+
+    if verb:
+        opts.command = args.target
+        with open_input(opts.input, opts.input_format) as (lf, _):
+            show(_verb_plan(opts, lf))
+    else:
+        opts.plan = args.target
+        show(_plan_file(opts))
     return EXIT_OK
 
 

@@ -111,15 +111,11 @@ def _server_engine(url: str) -> Engine:
 
 def resolve_engine(engine: Any = None) -> Engine:
     """The engine for a run: the argument, else the configured one, else the default vLLM engine."""
-    if isinstance(engine, str):
-        return engine_by_name(engine)
-    if engine is not None:
-        return _check(engine)
-    configured = config.settings.engine
-    if isinstance(configured, str):
-        return engine_by_name(configured)
-    if configured is not None:
-        return _check(configured)
+    ref = engine if engine is not None else config.settings.engine
+    if isinstance(ref, str):
+        return engine_by_name(ref)
+    if ref is not None:
+        return _check(ref)
     from semframe.engines.vllm import default_engine
 
     logger.info("no engine configured: using the default local vLLM engine")
@@ -132,15 +128,15 @@ def existing_engine(engine: Any = None) -> Engine | None:
     The argument, else the configured engine, else the default vLLM engine if this process has
     already started it, else None. A name stands for the engine it has already made, if any.
     """
-    if isinstance(engine, str):
-        return _existing_by_name(check_engine(engine))
-    if engine is not None:
-        return _check(engine)
-    configured = config.settings.engine
-    if isinstance(configured, str):
-        return _existing_by_name(configured)
-    if configured is not None:
-        return configured
+    ref = engine if engine is not None else config.settings.engine
+    if isinstance(ref, str):
+        return _existing_by_name(check_engine(ref))
+    if ref is not None:
+        return _check(ref)
+    return _running_default()
+
+
+def _running_default() -> Engine | None:
     vllm_mod = sys.modules.get("semframe.engines.vllm")  # not imported: no default engine exists
     return None if vllm_mod is None else vllm_mod.running_default_engine()
 
@@ -158,6 +154,5 @@ def _existing_by_name(name: str) -> Engine | None:
     if isinstance(registered, Engine):
         return registered
     if name in ("vllm", "default"):
-        vllm_mod = sys.modules.get("semframe.engines.vllm")
-        return None if vllm_mod is None else vllm_mod.running_default_engine()
+        return _running_default()
     return _by_name.get(key)
