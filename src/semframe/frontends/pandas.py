@@ -58,8 +58,9 @@ class PandasSemanticAccessor(SemanticVerbs):
         return Scan(Source.from_data(pl.DataFrame(schema={c: pl.String for c in names}), "pandas DataFrame"))
 
     def _finish(self, node: Node, run_options: dict[str, Any]) -> pd.DataFrame:
-        assert isinstance(node, SemanticStep)
-        check_verb_options(node.operator, run_options, eager=True)
+        check_verb_options(node.operator, run_options, eager=True)  # type: ignore[attr-defined]
+        if not isinstance(node, SemanticStep):
+            return self._finish_whole(node, run_options)
         pdf = self._pdf
         used = list(node.template.columns)
         labels = self._labels()
@@ -80,6 +81,34 @@ class PandasSemanticAccessor(SemanticVerbs):
         if extra is not None:
             out[extra] = pd.Series(result.df[extra].to_list(), index=out.index, dtype="object")
         return out
+
+
+    def _finish_whole(self, node: Node, run_options: dict[str, Any]) -> pd.DataFrame:
+        """Any other operator (join, aggregate, top-k, ...): the frame goes to polars whole.
+
+        Where the operator keeps input rows one by one (adding columns, dropping or reordering
+        rows: a top-k, a cluster label), the result is the original pandas rows (index, dtypes)
+        with the operator's new columns; otherwise (a join's pairs, one row per group) it is a
+        new pandas frame with a fresh index.
+        """
+        labels = self._labels()
+        pdf = self._pdf
+        try:
+            part = pdf[list(labels.values())]
+            part.columns = list(labels)
+            data = pl.from_pandas(part.reset_index(drop=True))
+        except Exception as exc:  # pyarrow/polars conversion errors vary by dtype
+            raise PlanError(f"semantic.{node.operator}: cannot read the pandas DataFrame: {exc}") from exc  # type: ignore[attr-defined]
+        scan = Scan(Source.from_data(data, "pandas DataFrame"))
+        node = node.with_children((scan, *node.children[1:]))
+        result = run_plan(node, **run_options)
+        if node.rows in ("aligned", "subset", "permutation", "prefix") and result.row_ids.dtype == pl.UInt32:
+            out = pdf.iloc[result.row_ids.to_numpy()].copy()
+            for name in result.df.columns:
+                if name not in labels:
+                    out[name] = pd.Series(result.df[name].to_list(), index=out.index, dtype="object")
+            return out
+        return result.df.to_pandas()
 
 
 register([(pd.DataFrame, pd.api.extensions.register_dataframe_accessor, PandasSemanticAccessor)])

@@ -1,4 +1,4 @@
-"""The four semantic verbs, shared by every frontend: each builds one plan node.
+"""The semantic verbs, shared by every frontend: each builds one plan node.
 
 Frontends differ only in where the plan starts (a polars DataFrame or LazyFrame, a pandas
 DataFrame, a semframe lazy frame) and in what they return (a lazy frame, or the collected
@@ -10,59 +10,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from semframe.errors import PlanError
+from semframe.frontends.aggregate_verbs import AggregateVerbs
+from semframe.frontends.arguments import (  # noqa: F401  (re-exported: the CLI uses them)
+    DEFAULT_SEMANTIC_THRESHOLD,
+    _labels,
+    _semantic_cache,
+    resolve_template,
+)
+from semframe.frontends.cluster_verbs import ClusterVerbs
+from semframe.frontends.embedding_verbs import EmbeddingVerbs
+from semframe.frontends.join_verbs import JoinVerbs
+from semframe.frontends.ranking_verbs import RankingVerbs
 from semframe.plan.nodes import Node
 from semframe.plan.semantic import SemClassify, SemExtract, SemFilter, SemMap
 from semframe.plan.spec import ChoiceSpec, JsonSpec, TextSpec
-from semframe.plan.template import Template
 
-#: Similarity threshold used when a step is given ``semantic_cache=True``.
-DEFAULT_SEMANTIC_THRESHOLD = 0.95
+class SemanticVerbs(JoinVerbs, AggregateVerbs, RankingVerbs, EmbeddingVerbs, ClusterVerbs):
+    """Every semantic verb; subclasses say where plans start (:meth:`_plan`) and how they end
+    (:meth:`_finish`: a lazy frame, or the collected result).
 
-
-def resolve_template(text: Any, columns: Sequence[str], where: str) -> Template:
-    """A column name means that column's text; anything else is a ``{column}`` template."""
-    if not isinstance(text, str):
-        hint = f" (for the column {text!r}, write '{{{text}}}')" if str(text) in columns else ""
-        raise PlanError(f"{where}: expected a column name or a template string, got {type(text).__name__} "
-                        f"{text!r}{hint}")
-    if text in columns:
-        return Template.for_column(text)
-    template = Template.parse(text)
-    if not template.columns:
-        cols = ", ".join(repr(c) for c in columns)
-        raise PlanError(
-            f"{where}: {text!r} is neither a column nor a template that references one "
-            f"(write '{{column}}' in the text); columns are {cols}"
-        )
-    template.check_columns(columns, where)
-    return template
-
-
-def _semantic_cache(value: bool | float | None, where: str) -> float | None:
-    if value is None or value is False:
-        return None
-    if value is True:
-        return DEFAULT_SEMANTIC_THRESHOLD
-    if isinstance(value, (int, float)) and 0 < value <= 1:
-        return float(value)
-    raise PlanError(f"{where}: semantic_cache must be True, False or a similarity threshold in (0, 1], got {value!r}")
-
-
-def _labels(labels: Any) -> ChoiceSpec:
-    """The label set of a classify: at least two non-empty strings, stripped (see ChoiceSpec)."""
-    if isinstance(labels, str) or not isinstance(labels, Sequence):
-        raise PlanError(
-            f"semantic.classify: labels must be a list of strings such as ['YES', 'NO'], got {labels!r}"
-        )
-    try:
-        return ChoiceSpec(tuple(labels))
-    except PlanError as exc:
-        raise PlanError(f"semantic.classify: {exc}") from None
-
-
-class SemanticVerbs:
-    """``classify``, ``filter``, ``extract`` and ``map``; subclasses say where plans start and end."""
+    The row-wise verbs (``classify``, ``filter``, ``extract``, ``map``) are here; the others come
+    from one mixin per operator family (join, aggregate, ranking, embedding, cluster), each in its
+    own module, over the same two hooks.
+    """
 
     def _plan(self) -> Node:  # pragma: no cover - abstract
         raise NotImplementedError

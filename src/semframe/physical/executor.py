@@ -37,9 +37,9 @@ from semframe.execution.result import RunResult
 from semframe.optimizer import optimize as optimize_plan
 from semframe.physical.base import EstimateContext, PhysicalOp
 from semframe.physical.planner import plan_physical
-from semframe.physical.semantic import RowOperator
+from semframe.physical.semantic import SemanticOperator
 from semframe.plan.nodes import Node, walk
-from semframe.plan.semantic import SemanticStep
+from semframe.plan.semantic import SemanticNode
 
 logger = logging.getLogger("semframe")
 
@@ -48,7 +48,11 @@ SAMPLE_PROMPTS = 256
 
 
 def has_semantic(plan: Node) -> bool:
-    return any(isinstance(n, SemanticStep) for n in walk(plan))
+    return any(isinstance(n, SemanticNode) for n in walk(plan))
+
+
+def uses_llm(node: Node) -> bool:
+    return isinstance(node, SemanticNode) and node.uses_llm
 
 
 def prepare(plan: Node, options: RunOptions) -> tuple[Node, PhysicalOp]:
@@ -70,11 +74,11 @@ def run_plan(plan: Node, *, engine: Any = None, max_cost: float | None = None, m
         plan, root = prepare(plan, opts)
         semantic = has_semantic(plan)
         # The run's engine is made (and started) only if a step has no engine of its own.
-        needs_default = any(isinstance(n, SemanticStep) and n.engine is None for n in walk(plan))
+        needs_default = any(uses_llm(n) and n.engine is None for n in walk(plan))  # type: ignore[attr-defined]
         eng = resolve_engine(engine) if needs_default else None
-        if eng is None and semantic:
-            first = next(n for n in walk(plan) if isinstance(n, SemanticStep))
-            machine_engine = resolve_engine(first.engine)
+        if eng is None and any(uses_llm(n) for n in walk(plan)):
+            first = next(n for n in walk(plan) if uses_llm(n))
+            machine_engine = resolve_engine(first.engine)  # type: ignore[attr-defined]
         else:
             machine_engine = eng
         machine = machine_price(machine_engine)
@@ -87,8 +91,8 @@ def run_plan(plan: Node, *, engine: Any = None, max_cost: float | None = None, m
         mode = progress_mode(opts.progress) if semantic else None
         progress = Progress(mode, machine=machine) if mode else None
         if progress is not None:
-            progress.plan_steps((op.index, op.node.operator, op.node.name)
-                                for op in root.walk() if isinstance(op, RowOperator))
+            progress.plan_steps((op.index, op.node.operator, op.node.output_name)
+                                for op in root.walk() if isinstance(op, SemanticOperator))
             observers.append(progress)
         exact_cache = _open_exact_cache() if (opts.cache and semantic) else None
         if exact_cache is not None:
@@ -97,7 +101,7 @@ def run_plan(plan: Node, *, engine: Any = None, max_cost: float | None = None, m
         ctx = RunContext(engine=eng, options=opts, recorder=recorder, progress=progress, machine=machine,
                          resolver=AnswerResolver(eng, exact_cache=exact_cache, recorder=recorder, observers=observers,
                                                  on_error=opts.on_error, memo_size=opts.memo_size))
-        steps = sum(1 for n in walk(plan) if isinstance(n, SemanticStep))
+        steps = sum(1 for n in walk(plan) if isinstance(n, SemanticNode))
         if eng is not None:
             logger.info("run: %d semantic step(s) on engine %s (model %s), batch_size=%d, lineage %s",
                         steps, eng.name, eng.model, opts.batch_size, "on" if opts.lineage else "off")

@@ -24,9 +24,12 @@ from semframe.execution.context import RunOptions
 from semframe.physical.base import PhysicalOp
 from semframe.physical.relational import PolarsQuery, PolarsStep
 from semframe.physical.semantic import OPERATORS
+
+# The operator modules register themselves with ``physical_for`` when imported.
+from semframe.physical import aggregate, cluster, embedding, join, ranking  # noqa: E402,F401  isort: skip
 from semframe.plan.explain import render as render_logical
 from semframe.plan.nodes import Node, Relational, Scan, walk
-from semframe.plan.semantic import SemanticStep
+from semframe.plan.semantic import SemanticNode
 
 
 def is_polars_tree(node: Node) -> bool:
@@ -43,7 +46,7 @@ def plan_physical(plan: Node, options: RunOptions | None = None) -> PhysicalOp:
         if is_polars_tree(node):
             return PolarsQuery(node)
         inputs = tuple(visit(c) for c in node.children)
-        if isinstance(node, SemanticStep):
+        if isinstance(node, SemanticNode):
             op = OPERATORS.get(type(node))
             if op is None:
                 raise PlanError(f"no physical operator for {type(node).__name__}; register one with "

@@ -16,6 +16,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -30,7 +31,7 @@ from semframe.execution.resolver import StepInfo
 from semframe.physical.base import EstimateContext, EstState, PhysicalOp
 from semframe.physical.prompts import RequestBuilder, field_words
 from semframe.physical.relational import PolarsQuery, rebatch
-from semframe.plan.semantic import SemanticStep, SemClassify, SemExtract, SemFilter, SemMap, engine_label
+from semframe.plan.semantic import SemanticNode, SemanticStep, SemClassify, SemExtract, SemFilter, SemMap, engine_label
 
 #: Logical node type -> physical operator class.
 OPERATORS: dict[type, type[PhysicalOp]] = {}
@@ -46,17 +47,88 @@ def physical_for(node_type: type) -> Callable[[type[PhysicalOp]], type[PhysicalO
     return register
 
 
-class RowOperator(PhysicalOp):
+@dataclass
+class StepRun:
+    """One semantic operator's bookkeeping while it runs: its metrics, what the resolver needs to
+    know about it, and the model that answers it (for lineage)."""
+
+    metrics: StepMetrics
+    info: StepInfo
+    model: str
+
+
+class SemanticOperator(PhysicalOp):
+    """Base of every semantic operator's physical form: its step number and options, and one way
+    to ask the answer resolver (:meth:`ask`) that records lineage and metrics.
+
+    An operator opens its step once (:meth:`open_step`), asks as many rounds as its algorithm
+    needs (a join's candidate pairs, a reduce's levels, a top-k's comparison rounds: each one
+    :meth:`ask`), and closes it (:meth:`close_step`). Each request goes through the memo, the
+    exact cache and the engine like any row-wise verb's, so dedup and reruns are free for every
+    operator.
+    """
+
+    node: SemanticNode
+
+    def __init__(self, node: SemanticNode, inputs: tuple[PhysicalOp, ...], index: int, options: RunOptions):
+        super().__init__(node, inputs)
+        self.index = index
+        self.options = options
+        self.dedupe = options.dedupe and getattr(node, "temperature", 0.0) == 0
+        self.exact_cache = options.cache and getattr(node, "cache", None) is not False
+
+    def semantic_key(self) -> dict[str, Any]:
+        """What identifies the step for the semantic cache (only row-wise verbs use one)."""
+        return {}
+
+    def step_info(self, metrics: StepMetrics, engine: Any = None) -> StepInfo:
+        node = self.node
+        return StepInfo(index=self.index, operator=node.operator, column=node.output_name, metrics=metrics,
+                        engine=engine, dedupe=self.dedupe, exact_cache=self.exact_cache,
+                        semantic_threshold=getattr(node, "semantic_cache", None), semantic_key=self.semantic_key())
+
+    def open_step(self, ctx: RunContext, expected: int | None = None) -> StepRun:
+        """Register the step's metrics and progress line; ``expected``: its input rows, if known."""
+        node = self.node
+        metrics = StepMetrics(step=self.index, operator=node.operator, column=node.output_name)
+        ctx.metrics.append(metrics)
+        engine = getattr(node, "engine", None)
+        own = ctx.engine_for(engine) if engine is not None else None
+        if ctx.progress is not None:
+            ctx.progress.start_step(self.index, node.operator, node.output_name, expected, metrics)
+        return StepRun(metrics, self.step_info(metrics, own), own.model if own is not None else ctx.model)
+
+    def ask(self, ctx: RunContext, run: StepRun, requests: list[Any], texts: list[str | None], ids: pl.Series,
+            reasons: list[str | None] | None = None) -> list[Outcome]:
+        """One resolver round: an outcome per request (``None`` requests are skipped rows, with
+        ``reasons[i]`` as the recorded reason); lineage names each request's rows by ``ids``."""
+        outcomes = ctx.resolver.resolve(run.info, requests, texts, scalar_ids(ids))
+        for i, o in enumerate(outcomes):
+            if o is None:
+                outcomes[i] = Outcome(None, "skipped", error=reasons[i] if reasons else "no request")
+        done: list[Outcome] = outcomes  # type: ignore[assignment]
+        ctx.recorder.record(self.index, self.node.operator, self.node.output_name, run.model, ids, done)
+        run.metrics.add_all(done)
+        return done
+
+    def close_step(self, ctx: RunContext, run: StepRun) -> None:
+        if ctx.progress is not None:
+            ctx.progress.end_step(self.index)
+
+
+def gather(op: PhysicalOp, ctx: RunContext) -> Batch:
+    """Every batch ``op`` yields, as one batch (for an operator that needs a whole input)."""
+    batches = list(op.execute(ctx))
+    return Batch.concat(batches) if batches else Batch.empty(op.node.schema)
+
+
+class RowOperator(SemanticOperator):
     """One row-wise semantic step: one request per row, one resolver round per batch."""
 
     node: SemanticStep
 
     def __init__(self, node: SemanticStep, inputs: tuple[PhysicalOp, ...], index: int, options: RunOptions):
-        super().__init__(node, inputs)
-        self.index = index
-        self.options = options
-        self.dedupe = options.dedupe and node.temperature == 0
-        self.exact_cache = options.cache and node.cache is not False
+        super().__init__(node, inputs, index, options)
         self.builder = RequestBuilder(self.shared_text(), node.spec, node.effective_max_tokens,
                                       node.temperature, options.prompt_layout)
 
@@ -79,38 +151,22 @@ class RowOperator(PhysicalOp):
 
     # ------------------------------------------------------------------ execution
 
-    def step_info(self, metrics: StepMetrics, engine: Any = None) -> StepInfo:
+    def semantic_key(self) -> dict[str, Any]:
         node = self.node
-        return StepInfo(
-            index=self.index, operator=node.operator, column=node.name, metrics=metrics, engine=engine,
-            dedupe=self.dedupe, exact_cache=self.exact_cache, semantic_threshold=node.semantic_cache,
-            semantic_key={"operator": node.operator, "shared": self.builder.shared,
-                          "template": node.template.source, "spec": node.spec.to_dict(),
-                          "max_tokens": node.effective_max_tokens, "temperature": node.temperature,
-                          "layout": self.options.prompt_layout},
-        )
+        return {"operator": node.operator, "shared": self.builder.shared,
+                "template": node.template.source, "spec": node.spec.to_dict(),
+                "max_tokens": node.effective_max_tokens, "temperature": node.temperature,
+                "layout": self.options.prompt_layout}
 
     def execute(self, ctx: RunContext) -> Iterator[Batch]:
         node = self.node
-        metrics = StepMetrics(step=self.index, operator=node.operator, column=node.name)
-        ctx.metrics.append(metrics)
-        own = ctx.engine_for(node.engine) if node.engine is not None else None
-        step = self.step_info(metrics, own)
         progress = ctx.progress
-        if progress is not None:
-            progress.start_step(self.index, node.operator, node.name, expected_rows(self.inputs[0], progress),
-                                metrics)
-        build, resolve, record, model = self.builder.build_all, ctx.resolver.resolve, ctx.recorder.record, (own.model if own is not None else ctx.model)
+        run = self.open_step(ctx, expected_rows(self.inputs[0], progress) if progress is not None else None)
+        metrics, build = run.metrics, self.builder.build_all
         for batch in rebatch(self.inputs[0].execute(ctx), ctx.options.batch_size):
             start = time.perf_counter()
             texts, reasons = render_texts(node.template, batch.frame)
-            outcomes = resolve(step, build(texts), texts, scalar_ids(batch.ids))
-            for i, o in enumerate(outcomes):
-                if o is None:
-                    outcomes[i] = Outcome(None, "skipped", error=reasons[i])
-            done: list[Outcome] = outcomes  # type: ignore[assignment]
-            record(self.index, node.operator, node.name, model, batch.ids, done)
-            metrics.add_all(done)
+            done = self.ask(ctx, run, build(texts), texts, batch.ids, reasons)
             metrics.rows_in += batch.height
             out = self.emit_outcomes(batch, done)
             metrics.rows_out += out.height
@@ -118,8 +174,7 @@ class RowOperator(PhysicalOp):
             if progress is not None:
                 progress.rows(batch.height, step=self.index)
             yield out
-        if progress is not None:
-            progress.end_step(self.index)
+        self.close_step(ctx, run)
 
     def describe(self) -> str:
         flags = [f"max_tokens={self.node.effective_max_tokens}"]

@@ -20,7 +20,26 @@ from semframe.plan.template import Template
 
 
 @dataclass(frozen=True)
-class SemanticStep(Node):
+class SemanticNode(Node):
+    """Base of every semantic operator: row-wise verbs, joins, aggregates, rankings, embeddings.
+
+    Every subclass has an ``engine`` field (an engine object, a registered name, or None: the
+    run's engine). ``uses_llm`` is False for operators that only embed (``embed``, ``sim_join``,
+    ``search``): a plan made of those starts no LLM engine. ``operator`` names the verb
+    (``"join"``, ``"aggregate"`` ...) in explain, lineage and metrics.
+    """
+
+    operator: ClassVar[str] = "semantic"
+    uses_llm: ClassVar[bool] = True
+
+    @property
+    def output_name(self) -> str | None:
+        """The column the operator is known by in metrics and lineage (None: it adds none)."""
+        return getattr(self, "name", None)
+
+
+@dataclass(frozen=True)
+class SemanticStep(SemanticNode):
     """One LLM operator over the rows of its child.
 
     Parameters
@@ -59,7 +78,6 @@ class SemanticStep(Node):
     semantic_cache: float | None = None
     engine: Any = None
 
-    operator: ClassVar[str] = "semantic"
     rows: ClassVar[str] = "aligned"
 
     def __post_init__(self) -> None:

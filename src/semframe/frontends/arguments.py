@@ -1,0 +1,80 @@
+"""Argument handling shared by every semantic verb: templates, labels, thresholds, other inputs.
+
+Each function turns what a user typed into what a plan node holds, or raises a
+:class:`~semframe.errors.PlanError` that names the verb and says how to fix the call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from semframe.errors import PlanError
+from semframe.plan.nodes import Node, Scan, Source
+from semframe.plan.spec import ChoiceSpec
+from semframe.plan.template import Template
+
+#: Similarity threshold used when a step is given ``semantic_cache=True``.
+DEFAULT_SEMANTIC_THRESHOLD = 0.95
+
+
+def resolve_template(text: Any, columns: Sequence[str], where: str) -> Template:
+    """A column name means that column's text; anything else is a ``{column}`` template."""
+    if not isinstance(text, str):
+        hint = f" (for the column {text!r}, write '{{{text}}}')" if str(text) in columns else ""
+        raise PlanError(f"{where}: expected a column name or a template string, got {type(text).__name__} "
+                        f"{text!r}{hint}")
+    if text in columns:
+        return Template.for_column(text)
+    template = Template.parse(text)
+    if not template.columns:
+        cols = ", ".join(repr(c) for c in columns)
+        raise PlanError(
+            f"{where}: {text!r} is neither a column nor a template that references one "
+            f"(write '{{column}}' in the text); columns are {cols}"
+        )
+    template.check_columns(columns, where)
+    return template
+
+
+def _semantic_cache(value: bool | float | None, where: str) -> float | None:
+    if value is None or value is False:
+        return None
+    if value is True:
+        return DEFAULT_SEMANTIC_THRESHOLD
+    if isinstance(value, (int, float)) and 0 < value <= 1:
+        return float(value)
+    raise PlanError(f"{where}: semantic_cache must be True, False or a similarity threshold in (0, 1], got {value!r}")
+
+
+def _labels(labels: Any) -> ChoiceSpec:
+    """The label set of a classify: at least two non-empty strings, stripped (see ChoiceSpec)."""
+    if isinstance(labels, str) or not isinstance(labels, Sequence):
+        raise PlanError(
+            f"semantic.classify: labels must be a list of strings such as ['YES', 'NO'], got {labels!r}"
+        )
+    try:
+        return ChoiceSpec(tuple(labels))
+    except PlanError as exc:
+        raise PlanError(f"semantic.classify: {exc}") from None
+
+
+
+def input_plan(value: Any, where: str) -> Node:
+    """The plan of another input of a verb (a join's right side): a semframe lazy frame, a
+    polars DataFrame or LazyFrame, or a pandas DataFrame."""
+    import polars as pl
+
+    plan = getattr(value, "plan", None)  # a SemLazyFrame (not imported here: it imports the verbs)
+    if isinstance(plan, Node):
+        return plan
+    if isinstance(value, (pl.LazyFrame, pl.DataFrame)):
+        return Scan(Source.from_data(value))
+    if type(value).__module__.startswith("pandas") and type(value).__name__ == "DataFrame":
+        try:
+            frame = pl.from_pandas(value.reset_index(drop=True))
+        except Exception as exc:  # pyarrow/polars conversion errors vary by dtype
+            raise PlanError(f"{where}: cannot read the pandas DataFrame: {exc}") from exc
+        return Scan(Source.from_data(frame, "pandas DataFrame"))
+    raise PlanError(f"{where}: expected a DataFrame or LazyFrame (polars, pandas or semframe), "
+                    f"got {type(value).__name__}")

@@ -1,0 +1,17 @@
+"""The topk, sort verb(s) (being built): a mixin of :class:`~semframe.frontends.verbs.SemanticVerbs`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from semframe.plan.nodes import Node
+
+
+class RankingVerbs:
+    """Mixin: builds plan nodes through the frontend's ``_plan()`` / ``_finish()`` hooks."""
+
+    def _plan(self) -> Node:  # pragma: no cover - provided by the frontend
+        raise NotImplementedError
+
+    def _finish(self, node: Node, run_options: dict[str, Any]) -> Any:  # pragma: no cover - provided by the frontend
+        raise NotImplementedError

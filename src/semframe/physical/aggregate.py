@@ -1,0 +1,3 @@
+"""Physical operators for semantic.aggregate (being built)."""
+
+from __future__ import annotations

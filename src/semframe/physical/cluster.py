@@ -1,0 +1,3 @@
+"""Physical operators for semantic.cluster (being built)."""
+
+from __future__ import annotations
