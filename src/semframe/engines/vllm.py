@@ -45,6 +45,10 @@ CPU_KV_CACHE_BYTES = 1 << 30
 #: Prefix-cache block on CPU. vLLM's CPU default (128) is longer than most shared instructions,
 #: and only whole blocks are reused; 32 made prefix caching pay off for short prompts.
 CPU_BLOCK_SIZE = 32
+#: vLLM's KV block size on GPU when none is given (what ``align_prefix`` aligns to there).
+GPU_BLOCK_SIZE = 16
+#: The text whose token pads a shared prefix to a block boundary (``align_prefix``).
+_PAD_TEXT = " ."
 #: Files whose content changes the prompt or the model, hashed into the fingerprint.
 _FINGERPRINT_FILES = (
     "config.json",
@@ -489,6 +493,15 @@ class VLLMEngine(Engine):
         in plain scripts (vLLM's CPU build always spawns) and was not faster here.
     chat_template
         A Jinja chat template to use instead of the tokenizer's (for models without one).
+    align_prefix
+        ``True`` (default): in a prompt of several messages (semframe's ``shared_first`` layout:
+        the shared instruction, then the row), pad the end of the first message with ``" ."``
+        tokens so that the last message (the row) starts on a KV block boundary. vLLM's prefix
+        cache reuses whole blocks only, so every shared token -- the instruction *and* the chat
+        template's tokens up to the row -- is then computed once per run instead of once per row
+        (docs/engines.md, "Prefixes that fit the cache"). It changes the prompt the model reads
+        by up to ``block_size - 1`` pad tokens; part of the fingerprint. ``False``: prompts as
+        the chat template renders them.
     choice_decoding
         How a choice (classify, filter) is decoded. ``"one_token"`` (default): where every label
         begins with a token of its own, one decode step restricted to those tokens, mapped back
@@ -537,10 +550,14 @@ class VLLMEngine(Engine):
         multiprocess: bool = False,
         chat_template: str | None = None,
         choice_decoding: str = "one_token",
+        align_prefix: bool = True,
         quiet: bool | None = None,
         **vllm_kwargs: Any,
     ) -> None:
         super().__init__()
+        if not isinstance(align_prefix, bool):
+            raise EngineError(f"align_prefix must be True or False, got {align_prefix!r}")
+        self._align_prefix = align_prefix
         if choice_decoding not in ("one_token", "grammar"):
             raise EngineError(f"choice_decoding must be 'one_token' or 'grammar', got {choice_decoding!r}")
         self._choice_decoding = choice_decoding
@@ -580,6 +597,7 @@ class VLLMEngine(Engine):
             block_size = CPU_BLOCK_SIZE
         if block_size is not None:
             kwargs["block_size"] = block_size
+        self._block = block_size or GPU_BLOCK_SIZE
         kwargs.update(vllm_kwargs)
         self._options = {k: v for k, v in kwargs.items() if k != "model"}
         self._options["multiprocess"] = multiprocess
@@ -686,6 +704,8 @@ class VLLMEngine(Engine):
             # One-step and grammar decoding of a choice can pick different labels (a near-tie,
             # a label the grammar reaches through a shared first token): not one cache.
             "choice_decoding": self._choice_decoding,
+            # Padding the shared prefix to a block boundary changes the prompt the model reads.
+            "align_prefix": self._block if self._align_prefix else False,
             # Every other vllm.LLM option, but those that cannot change an answer.
             "options": {k: v for k, v in o.items() if k not in _ANSWER_NEUTRAL},
         }
@@ -722,7 +742,9 @@ class VLLMEngine(Engine):
         The template adds the special tokens and the assistant turn's opening; the result is
         exactly what the model is given. Message contents are tokenized as text
         (``split_special_tokens``): a row holding ``<|im_end|>`` or ``<|im_start|>system`` gets
-        the characters, never the special tokens, so data can never open a new turn.
+        the characters, never the special tokens, so data can never open a new turn. With
+        ``align_prefix`` the first message's content is padded so that the last message's content
+        starts on a KV block boundary (see the class docstring).
         """
         marks = [f"\ue000{i}\ue001" for i in range(len(messages))]  # private-use sentinels
         text = self._tokenizer.apply_chat_template(
@@ -734,15 +756,31 @@ class VLLMEngine(Engine):
         encode = self._tokenizer.encode
         ids: list[int] = []
         pos = 0
-        for message, mark in zip(messages, marks):
+        first_end = last_start = 0
+        for k, (message, mark) in enumerate(zip(messages, marks)):
             at = text.find(mark, pos)
             if at < 0:  # a template that rewrites contents: render whole, contents' specials escaped
                 return self._render_escaped(messages)
             ids += encode(text[pos:at], add_special_tokens=False)
+            last_start = len(ids)
             ids += encode(message.content, add_special_tokens=False, split_special_tokens=True)
+            if k == 0:
+                first_end = len(ids)
             pos = at + len(mark)
         ids += encode(text[pos:], add_special_tokens=False)
+        if self._align_prefix and len(messages) > 1:
+            pad = -last_start % self._block
+            if pad:
+                ids[first_end:first_end] = [self._pad_id] * pad
         return ids
+
+    @property
+    def _pad_id(self) -> int:
+        """The token that pads a shared prefix (the last token of ``" ."``)."""
+        cached = self.__dict__.get("_pad_token")
+        if cached is None:
+            cached = self.__dict__["_pad_token"] = self._tokenizer.encode(_PAD_TEXT, add_special_tokens=False)[-1]
+        return cached
 
     def _render_escaped(self, messages: Sequence[Message]) -> list[int]:
         """Fallback of :meth:`render`: special-token strings in contents broken by a zero-width space."""
