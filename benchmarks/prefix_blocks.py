@@ -1,23 +1,24 @@
-"""KV block sizes for vLLM's prefix cache on CPU: what each recomputes, short and long prompts.
+"""KV block sizes for vLLM's prefix cache on CPU, with and without the block-aligned shared prefix.
 
-    .venv/bin/python -m benchmarks.prefix_blocks                         # blocks 16/32/64/128, 3 repetitions
-    .venv/bin/python -m benchmarks.prefix_blocks --blocks 32,64 --repeats 5
+    .venv/bin/python -m benchmarks.prefix_blocks                         # blocks 16/32/64/128, aligned and not
+    .venv/bin/python -m benchmarks.prefix_blocks --blocks 32 --align on,off --repeats 3
 
 vLLM's prefix cache reuses whole KV blocks only: of a shared prefix of S tokens, a request reuses
-``B * floor(S / B)`` and recomputes the rest. One process per block size (``VLLMEngine(block_size=B)``,
-prefix caching on, everything else as ``VLLMEngine`` picks on CPU) runs four classify workloads,
-each from an empty prefix cache, with semframe's default decoding (one token per label):
+``B * floor(S / B)`` and recomputes the rest. One process per configuration (``VLLMEngine(block_size=B, align_prefix=A)``,
+prefix caching on, everything else as ``VLLMEngine`` picks on CPU) runs three classify workloads,
+each from an empty prefix cache, with semframe's default decoding (one token per label).
+``align_prefix=True`` (the default since this benchmark showed it pays) pads the shared instruction
+with `` .`` tokens so that the row starts on a block boundary; ``False`` sends the prompts as the
+chat template renders them:
 
 - ``titles``: workload 1 (short rows, a 39-token shared prefix);
-- ``titles_aligned``: the same with the shared instruction padded (`` .`` tokens) to end on a block
-  boundary -- an experiment on what alignment would save, not something semframe does;
 - ``topics_long_instruction``: BBC headlines into 5 topics under a ~400-token instruction (topic
   descriptions and labelled examples): a long shared prefix, short rows;
 - ``articles``: BBC article openings (~2000 characters each) into 5 topics: long rows.
 
 *computed* = prompt tokens - prefix-cached tokens (vLLM's ``num_cached_tokens``, which semframe
 reports as ``cached_prompt_tokens``); *minimum* = every distinct request's own tokens plus one copy
-of the shared prefix (of the unpadded prompts, also for ``titles_aligned``). Writes
+of the (unpadded) shared prefix. Writes
 ``docs/results/prefix_blocks.md`` and ``.json``; never ``docs/benchmarks.md``.
 """
 
@@ -52,7 +53,7 @@ LONG_INSTRUCTION_HEAD = (
 )
 ARTICLES_INSTRUCTION = "Which section of the BBC News website is this article from?"
 ARTICLE_CHARS = 2000
-WORKLOADS = ("titles", "titles_aligned", "topics_long_instruction", "articles")
+WORKLOADS = ("titles", "topics_long_instruction", "articles")
 
 
 def _topic_frame(seed: int) -> Any:
@@ -74,19 +75,6 @@ def classify_spec(name: str, column: str, instruction: str, labels: list[str], r
 
 def shared_prefix_tokens(spec: dict[str, Any]) -> int:
     return irreducible_prompt_tokens(spec)["shared_prefix_tokens"]
-
-
-def aligned(spec: dict[str, Any], block: int) -> dict[str, Any]:
-    """``spec`` with `` .`` appended to its instruction until the shared prefix ends on a block
-    boundary (each `` .`` is one token for SmolLM2's tokenizer; checked, not assumed)."""
-    base = shared_prefix_tokens(spec)
-    pad = (-base) % block
-    for extra in range(pad, pad + 3 * block, block):
-        out = classify_spec(spec["workload"] + "_aligned", spec["column"], spec["instruction"] + " ." * extra,
-                            spec["labels"], spec["rows"], spec["model"])
-        if shared_prefix_tokens(out) % block == 0:
-            return out
-    raise RuntimeError(f"could not pad the instruction to a multiple of {block} tokens")
 
 
 def make_workloads(rows: int, topic_rows: int, articles: int, examples: int, model: str) -> dict[str, dict[str, Any]]:
@@ -111,6 +99,7 @@ def make_workloads(rows: int, topic_rows: int, articles: int, examples: int, mod
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--blocks", default="16,32,64,128")
+    p.add_argument("--align", default="on,off", help="align_prefix settings to run: on, off or on,off")
     p.add_argument("--rows", type=int, default=200, help="workload 1 titles")
     p.add_argument("--topic-rows", type=int, default=200, help="headlines under the long instruction")
     p.add_argument("--examples", type=int, default=12, help="labelled headlines in the long instruction")
@@ -118,24 +107,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
-    blocks = [int(b) for b in args.blocks.split(",")]
+    aligns = [a.strip() == "on" for a in args.align.split(",")]
+    # A configuration: its label ("32", "32 unaligned") -> (block size, align_prefix).
+    configs = {(f"{b}" if a else f"{b} unaligned"): (int(b), a) for b in args.blocks.split(",") for a in aligns}
+    blocks = list(configs)
 
     facts = machine_facts()
     model = default_model()
     base = make_workloads(args.rows, args.topic_rows, args.articles, args.examples, model)
     limits = {name: irreducible_prompt_tokens(spec) for name, spec in base.items()}
-    limits["titles_aligned"] = limits["titles"]
-    per_block = {b: {**base, "titles_aligned": aligned(base["titles"], b)} for b in blocks}
+    per_block = {b: base for b in blocks}
     tmp = workdir("prefix-blocks")
     workers: dict[int, Worker] = {}
     refused: dict[int, str] = {}
     runs: dict[tuple[int, str], list[dict[str, Any]]] = {}
     try:
         for b in blocks:
-            spec = {"model": model, "engine": {"block_size": b, "enable_prefix_caching": True},
+            size, align = configs[b]
+            spec = {"model": model, "engine": {"block_size": size, "enable_prefix_caching": True,
+                                               "align_prefix": align},
                     "workloads": {k: {x: v[x] for x in ("column", "instruction", "labels", "max_tokens", "rows")}
                                   for k, v in per_block[b].items()}}
-            w = Worker(f"block-{b}", "prefix_blocks_worker.py", spec, tmp)
+            w = Worker(f"block-{b.replace(' ', '-')}", "prefix_blocks_worker.py", spec, tmp)
             log(f"starting the engine with block size {b}")
             try:
                 w.start()
@@ -153,14 +146,14 @@ def main(argv: list[str] | None = None) -> int:
                 for name in WORKLOADS:
                     res = workers[b].run(workload=name)
                     runs.setdefault((b, name), []).append(res)
-                    log(f"#{r + 1} block {b:>3} {name:>24}: {res['wall_s']:6.2f} s, "
+                    log(f"#{r + 1} block {b:>13} {name:>24}: {res['wall_s']:6.2f} s, "
                         f"{res['prompt_tokens'] - res['cached_prompt_tokens']} computed prompt tokens")
     finally:
         for w in workers.values():
             w.stop()
         cleanup(tmp)
 
-    ref = 32 if 32 in workers else (next(iter(workers)) if workers else None)
+    ref = "32" if "32" in workers else (next(iter(workers)) if workers else None)
     sections = []
     summary: dict[str, Any] = {}
     for name in WORKLOADS:
@@ -176,13 +169,12 @@ def main(argv: list[str] | None = None) -> int:
             computed = last["prompt_tokens"] - last["cached_prompt_tokens"]
             ref_rs = runs[(ref, name)]
             vs = median([x["wall_s"] / y["wall_s"] for x, y in zip(rs, ref_rs)])
-            # The padded prompts against the unpadded ones on the same engine; the rest against block `ref`.
-            other = runs[(b, "titles")] if name == "titles_aligned" else ref_rs
+            other = ref_rs
             agree = sum(a == c for a, c in zip(last["answers"], other[-1]["answers"])) / len(last["answers"])
             n = last["engine_requests"]
             body.append([b, median([x["wall_s"] for x in rs]), f"{vs:.2f}", last["prompt_tokens"],
                          last["cached_prompt_tokens"], computed, f"{computed / lim['minimum_prompt_tokens']:.2f}",
-                         shared[b], f"{(shared[b] % b) if name != 'titles_aligned' else 0}",
+                         shared[b], f"{0 if configs[b][1] else shared[b] % configs[b][0]}",
                          f"{last['cached_prompt_tokens'] / max(1, n - 1):.1f}", f"{100 * agree:.1f}%"])
             summary.setdefault(name, {})[b] = {"wall_s": median([x["wall_s"] for x in rs]), "computed": computed,
                                                "agreement": agree, "answers": last["answers"],
@@ -192,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         table = markdown_table(["block", "wall s (median)", f"x block {ref}", "prompt tokens", "cached", "computed",
                                 "computed / minimum", "shared prefix", "shared tokens recomputed per row",
                                 "cached per request",
-                                "agrees with unpadded titles, same block" if name == "titles_aligned"
-                                else f"agrees with block {ref}"], body)
+                                f"agrees with block {ref}"], body)
         spec = base.get(name, base["titles"])
         sections += [f"### {name}", "",
                      f"{len(spec['rows'])} rows; minimum prompt tokens {lim['minimum_prompt_tokens']:,} "
@@ -203,16 +194,16 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join([
         "## Prefix-cache block sizes (CPU)", "",
         f"`.venv/bin/python -m benchmarks.prefix_blocks --blocks {args.blocks} --repeats {args.repeats}`: one "
-        "`VLLMEngine(block_size=B)` per block size, each in its own process, prefix caching on, semframe's default "
+        "`VLLMEngine(block_size=B, align_prefix=A)` per configuration (*unaligned*: `align_prefix=False`), each in its own process, prefix caching on, semframe's default "
         "decoding (one token per label); every run from an empty prefix cache, "
         f"{args.repeats} repetitions in a rotating order (wall times: medians; *x block {ref}*: the ratio within "
         "a repetition, median).", "",
         environment_block(facts), "", *refused_lines, "" if refused_lines else "", *sections,
         "- *shared tokens recomputed per row*: S mod B for a shared prefix of S tokens (vLLM reuses whole blocks "
         "only); *cached per request*: the prefix-cached tokens over all requests but the first.",
-        "- `titles_aligned` pads the shared instruction with ` .` tokens to end on a block boundary: it shows what "
-        "alignment would save. It changes the prompt the model reads (its agreement column compares its answers "
-        "with `titles` on the same engine); semframe does not do it.",
+        "- `align_prefix=True` (the default) pads the shared instruction with ` .` tokens so that the row starts on "
+        "a block boundary: every shared token is reused. It changes the prompt the model reads (the agreement "
+        "column compares with the aligned block-32 engine).",
     ])
     print("\n" + text)
     if not args.no_write:

@@ -11,7 +11,9 @@ documented in ``docs/cli.md``, "Plan files"). What it holds:
   expressions in polars' own JSON form (``expr.meta.serialize(format="json")``), and **any other
   polars method chain** (``join``, ``group_by().agg()``, ...) as method names and arguments;
 - **semantic steps** with their template, instruction, output spec and options (every field of
-  the step, by name).
+  the step, by name); the operators of several inputs or rounds (join, aggregate, top-k,
+  embeddings, cluster, dedup) the same way, their inputs nested under their field names and
+  their values tagged (``{"template": ...}``, ``{"spec": ...}``, ``{"tuple": [...]}``).
 
 Loading is safe: it never unpickles and never runs code. A plan that holds a Python function
 (``pipe``, ``map_batches``/``map_elements`` and other UDF expressions, a callable argument) is
@@ -62,7 +64,7 @@ from semframe.plan.nodes import (
     WithColumns,
     thaw,
 )
-from semframe.plan.semantic import SemanticStep, SemClassify, SemExtract, SemFilter, SemMap
+from semframe.plan.semantic import SemanticNode, SemanticStep, SemClassify, SemExtract, SemFilter, SemMap
 from semframe.plan.spec import ChoiceSpec, FieldType, JsonSpec, OutputSpec, TextSpec
 from semframe.plan.template import Template
 
@@ -78,6 +80,38 @@ _RELATIONAL = {"filter": Filter, "select": Select, "with_columns": WithColumns, 
                "drop": Drop, "rename": Rename}
 _OP_OF = {**{cls: op for op, cls in _RELATIONAL.items()}, Scan: "scan", PolarsCall: "polars",
           **{cls: op for op, cls in _SEMANTIC.items()}}
+#: Semantic operators beyond the row-wise verbs ("semantic.join" -> SemJoin ...), saved field by
+#: field; filled on first use from every SemanticNode subclass (see :func:`_operators`).
+_GENERIC: dict[str, type] = {}
+
+
+def _operators() -> dict[str, type]:
+    """``semantic.<operator>`` -> node class for every semantic operator that is not row-wise."""
+    if not _GENERIC:
+        import importlib
+
+        for module in ("join", "aggregate", "ranking", "embedding", "cluster"):
+            try:
+                importlib.import_module(f"semframe.plan.{module}")
+            except ModuleNotFoundError as exc:  # pragma: no cover - a family not in this build
+                if exc.name != f"semframe.plan.{module}":
+                    raise
+        todo = list(SemanticNode.__subclasses__())
+        while todo:
+            cls = todo.pop()
+            todo.extend(cls.__subclasses__())
+            # Row-wise steps have their own form; operators defined outside semframe are not saved.
+            if issubclass(cls, SemanticStep) or not cls.__module__.startswith("semframe."):
+                continue
+            _GENERIC.setdefault(f"semantic.{cls.operator}", cls)
+    return _GENERIC
+
+
+def _op_of(node: Node) -> str | None:
+    op = _OP_OF.get(type(node))
+    if op is None and isinstance(node, SemanticNode):
+        op = next((k for k, v in _operators().items() if v is type(node)), None)
+    return op
 
 #: LazyFrame methods a plan file may not name (they run the query or act outside the plan).
 _FORBIDDEN_PREFIXES = ("collect", "sink_", "profile", "show", "fetch", "explain", "serialize", "remote", "execute",
@@ -122,10 +156,11 @@ class _Writer:
     # ------------------------------------------------------------------ nodes
 
     def node(self, node: Node) -> dict[str, Any]:
-        op = _OP_OF.get(type(node))
+        op = _op_of(node)
         if op is None:
+            saved = sorted({*_OP_OF.values(), *_operators()})
             raise PlanError(f"serialize: a {type(node).__name__} step cannot be saved in a plan file "
-                            f"(this version saves {', '.join(sorted(_OP_OF.values()))})")
+                            f"(this version saves {', '.join(saved)})")
         if isinstance(node, Scan):
             return {"op": "scan", "source": self.source(node.source),
                     "columns_read": None if node.columns_read is None else list(node.columns_read)}
@@ -137,6 +172,8 @@ class _Writer:
             return {"op": "polars", "inputs": inputs, "calls": calls}
         if isinstance(node, SemanticStep):
             return self.semantic(op, node)
+        if isinstance(node, SemanticNode):
+            return self.operator(op, node)
         out: dict[str, Any] = {"op": op, "input": self.node(node.child)}  # type: ignore[attr-defined]
         where = f"serialize: {op} step"
         if isinstance(node, Filter):
@@ -172,6 +209,32 @@ class _Writer:
             else:
                 out[f.name] = _plain(value, f"{where}: option {f.name}")
         return out
+
+    def operator(self, op: str, node: SemanticNode) -> dict[str, Any]:
+        """Any other semantic operator: every field by name, inputs nested, values tagged."""
+        out: dict[str, Any] = {"op": op}
+        where = f"serialize: step {op}"
+        for f in dataclasses.fields(node):
+            if f.init:
+                out[f.name] = self.field(getattr(node, f.name), f"{where}: option {f.name}", f.name)
+        return out
+
+    def field(self, value: Any, where: str, name: str = "") -> Any:
+        if isinstance(value, Node):
+            return self.node(value)
+        if isinstance(value, Template):
+            return {"template": value.source}
+        if isinstance(value, OutputSpec):
+            return {"spec": spec_to_json(value, where)}
+        if isinstance(value, PlExpr):
+            return {"expr": expr_to_json(value, where)}
+        if isinstance(value, tuple):
+            return {"tuple": [self.field(v, where) for v in value]}
+        if name in ("engine", "embedder") and value is not None and not isinstance(value, str):
+            raise PlanError(f"{where}: the step has an {name} object ({type(value).__name__}); a plan file names "
+                            f"engines instead: register it with sf.configure(engines={{'name': ...}}) and give the "
+                            f"step {name}='name'")
+        return _plain(value, where)
 
     # ------------------------------------------------------------------ sources
 
@@ -440,6 +503,8 @@ class _Reader:
             return PolarsCall(inputs, calls)
         if op in _SEMANTIC:
             return self.semantic(op, value, where)
+        if op in _operators():
+            return self.operator(op, value, where)
         cls = _RELATIONAL.get(op)
         if cls is None:
             raise PlanError(f"deserialize: {where}: unknown step {op!r}")
@@ -482,6 +547,33 @@ class _Reader:
             else:
                 kwargs[name] = self._scalar(raw, f"{where} {name}")
         return cls(child=child, **kwargs)
+
+    def operator(self, op: str, value: dict[str, Any], where: str) -> Node:
+        cls = _operators()[op]
+        names = [f.name for f in dataclasses.fields(cls) if f.init]
+        obj = self._obj(value, where, ("op",), tuple(names))
+        kwargs = {name: self.field(obj[name], f"{where} {name}") for name in names if name in obj}
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:  # a field missing from the file
+            raise PlanError(f"deserialize: {where}: {exc}") from None
+
+    def field(self, value: Any, where: str) -> Any:
+        if isinstance(value, dict):
+            if "op" in value:
+                return self.node(value, where)
+            if set(value) == {"template"} and isinstance(value["template"], str):
+                return Template.parse(value["template"])
+            if set(value) == {"spec"}:
+                return self.spec(value["spec"], where)
+            if set(value) == {"expr"}:
+                return self.expr(value["expr"], where)
+            if set(value) == {"tuple"} and isinstance(value["tuple"], list):
+                return tuple(self.field(v, where) for v in value["tuple"])
+            raise PlanError(f"deserialize: {where}: unexpected object with keys {sorted(value)}")
+        if isinstance(value, list):
+            return tuple(self.field(v, where) for v in value)
+        return self._scalar(value, where)
 
     def call(self, value: Any, k: int, where: str, n_inputs: int) -> Call:
         obj = self._obj(value, where, ("method", "args", "kwargs"))
