@@ -1,7 +1,8 @@
 """Raw vLLM, the ceiling: ``vllm.LLM.generate`` on the distinct prompts, nothing else.
 
 The prompts are semframe's own requests (same chat messages, rendered with the model's chat
-template), deduplicated; sampling is the same as semframe's ``VLLMEngine`` (greedy, the same
+template into the same token ids as semframe's engine sends -- with the shared prefix padded to a
+KV block boundary where semframe's engine does that, ``align_prefix``), deduplicated; sampling is the same as semframe's ``VLLMEngine`` (greedy, the same
 ``max_tokens``; a choice decoded the same way: in one step restricted to the labels' tokens,
 with their log-probabilities, where semframe's label table allows it -- the same table, from
 ``semframe.engines.vllm.build_label_table`` at start-up -- else the structured-output choice),
@@ -34,11 +35,19 @@ class State:
         self.llm = LLM(model=spec["model"], **spec["vllm"])
         tok = self.llm.get_tokenizer()
         self.labels = one_step_labels(spec, tok)
-        self.prompts = [
-            tok.apply_chat_template([{"role": r, "content": c} for r, c in messages],
-                                    tokenize=False, add_generation_prompt=True)
-            for messages in spec["requests"]
-        ]
+        try:
+            from semframe.engines.base import Message
+            from semframe.engines.vllm import render_chat
+        except ImportError:  # a semframe before render_chat: the chat template's text
+            self.prompts = [
+                tok.apply_chat_template([{"role": r, "content": c} for r, c in messages],
+                                        tokenize=False, add_generation_prompt=True)
+                for messages in spec["requests"]
+            ]
+        else:
+            align = spec["vllm"].get("block_size") if spec["engine"].get("align_prefix", True) else None
+            self.prompts = [tuple(render_chat(tok, [Message(r, c) for r, c in messages], align_to=align))
+                            for messages in spec["requests"]]
 
 
 def one_step_labels(spec: dict[str, Any], tokenizer: Any) -> Any:
@@ -83,7 +92,12 @@ def run(state: State, cmd: dict[str, Any]) -> dict[str, Any]:
     if not cmd.get("keep_prefix_cache"):
         state.llm.reset_prefix_cache()
     start, cpu_start = time.perf_counter(), time.process_time()
-    outs = state.llm.generate(distinct, params, use_tqdm=False)
+    if distinct and isinstance(distinct[0], tuple):  # token ids, as semframe's engine sends them
+        from vllm.inputs import TokensPrompt
+
+        outs = state.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in distinct], params, use_tqdm=False)
+    else:
+        outs = state.llm.generate(distinct, params, use_tqdm=False)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     if table is not None:  # the label the token begins
         by_prompt = {p: table.labels[table.tokens[o.outputs[0].token_ids[0]]] for p, o in zip(distinct, outs)}

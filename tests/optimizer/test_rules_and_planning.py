@@ -24,7 +24,8 @@ def test_rules_are_pure_and_optimize_is_idempotent():
 
 def test_rule_order_and_names():
     # Only rewrites that preserve results: prompt layout and dedupe are planning options now.
-    assert [r.__name__ for r in RULES] == ["pushdown_predicates", "pushdown_projections", "pushdown_limit"]
+    assert [r.__name__ for r in RULES] == ["pushdown_predicates", "pushdown_join_predicates", "pushdown_projections",
+                                          "pushdown_limit", "limit_rankings"]
 
 
 def test_a_rule_that_changes_the_schema_fails_loudly():
