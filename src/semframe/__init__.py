@@ -23,6 +23,7 @@ from semframe.engines import DeterministicEngine, Engine, Request
 from semframe.errors import BudgetExceeded, EngineError, EngineFailure, OutputError, PlanError, SemframeError
 from semframe.execution.context import RunOptions, last_run
 from semframe.execution.result import RunResult
+from semframe.plan.approx import Target
 from semframe.frontends import polars as _polars_front  # noqa: F401  (registers the namespaces)
 from semframe.frontends.lazy import SemLazyFrame
 from semframe.frontends.scans import deserialize, scan_csv, scan_ipc, scan_ndjson, scan_parquet
@@ -42,20 +43,26 @@ __all__ = [
     "Engine",
     "EngineError",
     "EngineFailure",
+    "HashingEmbedder",
+    "OpenAIEmbedder",
     "OpenAIEngine",
     "OutputError",
     "PlanError",
+    "RayExecutor",
     "Request",
     "RunOptions",
     "RunResult",
     "SemLazyFrame",
+    "SentenceTransformerEmbedder",
     "SemframeError",
+    "Target",
     "VLLMEngine",
     "accounting",
     "configure",
     "deserialize",
     "duckdb",
     "last_run",
+    "read_batch_results",
     "register_machine_price",
     "register_price",
     "scan_csv",
@@ -75,6 +82,18 @@ def __getattr__(name: str) -> Any:
         from semframe.engines.openai import OpenAIEngine
 
         return OpenAIEngine
+    if name == "RayExecutor":  # imports ray only when a plan runs on it (docs/scale-out.md)
+        from semframe.physical.ray import RayExecutor
+
+        return RayExecutor
+    if name == "read_batch_results":  # batch files (docs/engines.md, "Batch files")
+        from semframe.physical.batchfile import read_batch_results
+
+        return read_batch_results
+    if name in ("HashingEmbedder", "SentenceTransformerEmbedder", "OpenAIEmbedder"):  # embedding engines
+        from semframe.engines import embedding
+
+        return getattr(embedding, name)
     if name == "duckdb":  # sf.duckdb.register(con): SQL functions (imports duckdb only when used)
         import importlib
 

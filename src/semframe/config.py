@@ -32,7 +32,7 @@ class Settings:
     prompt_layout: str = "shared_first"  # or "inline"
     machine: str | None = None  # a key of semframe.accounting.MACHINE_PRICES; None: by the engine's device
     hourly_price: float | None = None  # USD per hour of the machine; overrides the machine's price
-    embedding_model: str | None = None  # a sentence-transformers folder or name; None: the default
+    embedding_model: Any = None  # a sentence-transformers folder or name, or an EmbeddingEngine; None: the default
 
 
 settings = Settings()

@@ -23,7 +23,7 @@ def configure(*, engine: Any = _UNSET, engines: dict[str, Any] | None = _UNSET, 
               cache_dir: str | os.PathLike | None = _UNSET, lineage: bool = _UNSET,
               progress: bool | None = _UNSET, dedupe: bool = _UNSET, prompt_layout: str = _UNSET,
               machine: str | None = _UNSET, hourly_price: float | None = _UNSET,
-              embedding_model: str | None = _UNSET) -> Settings:
+              embedding_model: Any = _UNSET) -> Settings:
     """Set process-wide defaults; every argument left out keeps its current value.
 
     Parameters
@@ -60,8 +60,9 @@ def configure(*, engine: Any = _UNSET, engines: dict[str, Any] | None = _UNSET, 
     hourly_price
         USD per hour of the machine, overriding the machine's listed price (None: the listed one).
     embedding_model
-        The sentence-transformers model the semantic cache embeds with (a folder or a name);
-        None: the packaged all-MiniLM-L6-v2.
+        The embedding model of the semantic cache and the embedding operators: a
+        sentence-transformers folder or name, or an embedding engine (``sf.HashingEmbedder()``,
+        ``sf.OpenAIEmbedder(...)``); None: the packaged all-MiniLM-L6-v2.
     """
     if engines is not _UNSET:
         if engines is None:
@@ -103,7 +104,10 @@ def configure(*, engine: Any = _UNSET, engines: dict[str, Any] | None = _UNSET, 
             raise ValueError(f"hourly_price must be a non-negative number of USD per hour, got {hourly_price!r}")
         settings.hourly_price = None if hourly_price is None else float(hourly_price)
     if embedding_model is not _UNSET:
-        if embedding_model is not None and not isinstance(embedding_model, str):
-            raise ValueError(f"embedding_model must be a model folder or name, got {embedding_model!r}")
+        from semframe.engines.embedding import EmbeddingEngine
+
+        if embedding_model is not None and not isinstance(embedding_model, (str, EmbeddingEngine)):
+            raise ValueError(f"embedding_model must be a model folder or name or an embedding engine "
+                             f"(sf.HashingEmbedder() ...), got {embedding_model!r}")
         settings.embedding_model = embedding_model
     return settings

@@ -296,7 +296,8 @@ def test_a_version_1_cache_is_migrated_in_place(tmp_path):
     _put(cache, _keys(60))  # the ten new ones are added, the fifty are not repeated
     assert cache.count() == 60
     with AnswerStore(path.parent).connect() as con:
-        assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() == [("2",)]
+        assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() == [
+            (str(store_module.SCHEMA_VERSION),)]
 
 
 # --------------------------------------------------------------------------- item 11: permissions

@@ -73,7 +73,30 @@ CONTESTANTS = [
     contestant("tiny_vllm_engine", "throwaway_tiny_vllm_engine", VLLM),
     contestant("smollm2_engine", "throwaway_tiny_vllm_engine", VLLM, SMOLLM2),
     contestant("openai_engine", "throwaway_openai_engine"),
+    contestant("rule_engine", "throwaway_rule_engine"),  # docs/engines.md's worked example
 ]
+
+
+def _docs_rule_engine() -> type[Engine]:
+    """``RuleEngine`` as docs/engines.md ("A worked example that passes the contract") defines it,
+    run from the page itself so the page cannot drift from what passes."""
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "engines.md").read_text(encoding="utf-8")
+    (code,) = [b for b in re.findall(r"^```python[ \t]*\n(.*?)^```", page, re.S | re.M) if "class RuleEngine(" in b]
+    namespace: dict[str, Any] = {"__name__": "docs_engines_rule_engine"}
+    exec(compile(code, "docs/engines.md (RuleEngine)", "exec"), namespace)
+    return namespace["RuleEngine"]
+
+
+@pytest.fixture
+def rule_engine() -> Engine:
+    return _docs_rule_engine()()
+
+
+@pytest.fixture
+def throwaway_rule_engine() -> Engine:
+    return _docs_rule_engine()()
 
 
 @pytest.fixture(params=CONTESTANTS)

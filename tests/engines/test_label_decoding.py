@@ -121,17 +121,18 @@ def test_pandas_gets_the_probabilities_as_dicts(engine):
     assert all(set(p) == {"YES", "NO"} for p in out["eu_probabilities"])
 
 
-def test_a_cached_answer_without_probabilities_is_asked_again(engine):
-    # The persistent cache stores answers, not probabilities: a step that shows them asks the
-    # engine again (and a step that does not show them reuses the cached answer).
+def test_a_cached_answer_keeps_its_probabilities(engine):
+    # The persistent cache stores the probabilities with the answer (tests/cache/
+    # test_probabilities_stored.py): a step that shows them asks the engine nothing on a rerun.
     df = frame()
     first = df.lazy().semantic.classify("title", ["YES", "NO"], name="eu", probabilities=True).run(engine)
     assert first.step_metrics[0].engine_requests == 3
     plain = df.lazy().semantic.classify("title", ["YES", "NO"], name="eu").run(engine)
     assert plain.step_metrics[0].exact_cache_hits == 3 and plain.step_metrics[0].engine_requests == 0
     again = df.lazy().semantic.classify("title", ["YES", "NO"], name="eu", probabilities=True).run(engine)
-    assert again.step_metrics[0].engine_requests == 3 and again.step_metrics[0].exact_cache_hits == 0
+    assert again.step_metrics[0].engine_requests == 0 and again.step_metrics[0].exact_cache_hits == 3
     assert again.df["eu_probabilities"].null_count() == 1  # only the null title
+    assert again.df["eu_probabilities"].to_list() == first.df["eu_probabilities"].to_list()
     assert again.df["eu"].to_list() == first.df["eu"].to_list() == plain.df["eu"].to_list()
 
 

@@ -54,7 +54,9 @@ def test_padding_is_only_pad_tokens_after_the_instruction(tiny_vllm_engine, unal
     extra = len(padded) - len(plain)
     assert 0 <= extra < tiny_vllm_engine._block
     # removing the pad tokens gives the plain prompt back
-    pad = tiny_vllm_engine._pad_id
+    from semframe.engines.vllm import pad_token
+
+    pad = pad_token(tiny_vllm_engine._tokenizer)
     i = next(k for k in range(len(plain)) if padded[k] != plain[k]) if extra else len(plain)
     assert padded[i:i + extra] == [pad] * extra
     assert padded[:i] + padded[i + extra:] == plain

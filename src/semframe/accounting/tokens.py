@@ -7,7 +7,9 @@ Used by estimates (``explain()``) and by budget guards, so both count the same w
   chat template exactly; otherwise the sum of ``engine.count_tokens`` over the messages'
   contents; without an engine object, the heuristic of about 4 characters per token.
 - Output tokens: a range per output spec, from the shortest answer the spec allows to its
-  ``max_tokens``.
+  ``max_tokens``. A choice's answer is its label's tokens -- unless the engine says how many it
+  takes (``engine.label_output_tokens(labels, max_tokens)``: the vLLM engine decodes labels in
+  one step, so 1 each), which is then exact.
 """
 
 from __future__ import annotations
@@ -89,14 +91,30 @@ def _json_answer(spec: JsonSpec, values: dict[str, Any]) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
-def output_tokens(spec: OutputSpec, max_tokens: int, count: TokenCounter = heuristic_count_tokens) -> TokenRange:
+def output_tokens(spec: OutputSpec, max_tokens: int, count: TokenCounter = heuristic_count_tokens,
+                  engine: Any = None) -> TokenRange:
     """Tokens an answer to ``spec`` takes: (fewest, typical, at most ``max_tokens``).
+
+    ``engine``: the engine that will answer; for a choice, where it reports how many tokens
+    each answer takes (:meth:`~semframe.engines.base.Engine.label_output_tokens`), that count.
 
     >>> from semframe.plan.spec import ChoiceSpec
     >>> output_tokens(ChoiceSpec(("YES", "NO")), 5)
     TokenRange(low=1, typical=1.0, high=1)
+    >>> output_tokens(ChoiceSpec(("business", "politics")), 8, lambda t: 3).typical
+    3.0
+    >>> class OneStep:  # an engine that decodes these labels in one step, as VLLMEngine does
+    ...     def label_output_tokens(self, labels, max_tokens):
+    ...         return 1
+    >>> output_tokens(ChoiceSpec(("business", "politics")), 8, lambda t: 3, OneStep())
+    TokenRange(low=1, typical=1.0, high=1)
     """
     if isinstance(spec, ChoiceSpec):
+        per_label = getattr(engine, "label_output_tokens", None)
+        fixed = per_label(spec.labels, max_tokens) if callable(per_label) else None
+        if isinstance(fixed, int) and not isinstance(fixed, bool) and fixed > 0:
+            n = min(fixed, max_tokens)
+            return TokenRange(n, float(n), n)
         sizes = [min(count(label), max_tokens) for label in spec.labels]
         return TokenRange(min(sizes), sum(sizes) / len(sizes), max(sizes))
     if isinstance(spec, JsonSpec):

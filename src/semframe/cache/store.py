@@ -71,10 +71,10 @@ logger = logging.getLogger("semframe")
 
 T = TypeVar("T")
 
-#: Bump when the tables change. Version 1 files (``exact`` with a primary key, no ``key_hash``)
-#: are migrated in place; a file from a newer version is refused with a message saying how to
-#: clear it.
-SCHEMA_VERSION = 2
+#: Bump when the tables change. Older files are migrated in place: version 1 (``exact`` with a
+#: primary key, no ``key_hash``) and version 2 (no ``probabilities_json``); a file from a newer
+#: version is refused with a message saying how to clear it.
+SCHEMA_VERSION = 3
 
 DB_NAME = "answers.duckdb"
 LOCK_NAME = "answers.lock"
@@ -113,6 +113,10 @@ _EXACT_COLUMNS = (
     ("prompt_tokens", "BIGINT"),
     ("output_tokens", "BIGINT"),
     ("created_at", "DOUBLE"),
+    # A choice's label probabilities (``Completion.probabilities``) as a JSON object, label ->
+    # float; NULL where the engine gave none. Last, so that migrating a version 2 file is one
+    # ``ADD COLUMN``. Checked when read back (:func:`loaded_probabilities`), never trusted.
+    ("probabilities_json", "VARCHAR"),
 )
 
 _SCHEMA = (
@@ -147,8 +151,10 @@ _EXPECTED: dict[str, tuple[tuple[tuple[str, str, str | None], ...], ...]] = {
     "meta": ((("key", _V, None), ("value", _V, None)),),
     "exact": (
         tuple((n, t.split()[0], None) for n, t in _EXACT_COLUMNS),
+        # version 2 (migrated on open)
+        tuple((n, t.split()[0], None) for n, t in _EXACT_COLUMNS if n != "probabilities_json"),
         # version 1 (migrated on open)
-        tuple((n, t.split()[0], None) for n, t in _EXACT_COLUMNS if n != "key_hash"),
+        tuple((n, t.split()[0], None) for n, t in _EXACT_COLUMNS if n not in ("key_hash", "probabilities_json")),
     ),
     "semantic": ((("seq", "BIGINT", "nextval('semantic_seq')"), ("step_key", _V, None), ("text_hash", _V, None),
                   ("embedding", "FLOAT[]", None), ("value_json", _V, None), ("raw_output", _V, None),
@@ -156,6 +162,9 @@ _EXPECTED: dict[str, tuple[tuple[tuple[str, str, str | None], ...], ...]] = {
     "embeddings": ((("model", _V, None), ("text_hash", _V, None), ("embedding", "FLOAT[]", None)),),
 }
 _EXPECTED_INDEXES = {("semantic_step", "semantic")}
+
+#: Columns each older format version lacks (filled with NULL when it is migrated).
+_ADDED_IN = {"key_hash": 2, "probabilities_json": 3}
 
 #: DuckDB's SQL for :func:`key_hash` (used to migrate version 1 files).
 KEY_HASH_SQL = "('0x' || md5(fingerprint || chr(31) || request_key)[1:15])::BIGINT"
@@ -271,6 +280,99 @@ def answer_columns(completions: Sequence[Completion]) -> dict[str, Any]:
 def stored_answer(value_json: str, raw_output: str | None, finish_reason: str, **usage: int) -> Completion:
     """A completion back from its stored form (see :func:`answer_columns`)."""
     return Completion(text=raw_output, value=json.loads(value_json), finish_reason=finish_reason, **usage)
+
+
+def probabilities_json(completions: Sequence[Completion]) -> list[str | None]:
+    """Each answer's label probabilities in stored form: a JSON object (label -> float, in the
+    labels' order, ASCII only so any label can be written), or None where there are none or they
+    are not finite numbers.
+
+    Examples
+    --------
+    >>> probabilities_json([Completion("A", "A", "stop", probabilities={"A": 0.75, "B": 0.25}),
+    ...                     Completion("A", "A", "stop")])
+    ['{"A":0.75,"B":0.25}', None]
+    """
+    out: list[str | None] = []
+    for c in completions:
+        probs = c.probabilities
+        if probs is None:
+            out.append(None)
+            continue
+        try:
+            out.append(json.dumps({str(k): float(v) for k, v in probs.items()}, ensure_ascii=True,
+                                  allow_nan=False, separators=(",", ":")))
+        except (TypeError, ValueError, AttributeError) as exc:
+            logger.warning("cache: an answer's label probabilities were not stored (%s: %s)", type(exc).__name__, exc)
+            out.append(None)
+    return out
+
+
+#: How far from 1 stored probabilities may sum (the engines renormalise in float64).
+PROBABILITY_SUM_TOLERANCE = 1e-6
+
+
+def checked_probabilities(probs: Any, labels: Sequence[str] | None = None) -> dict[str, float] | None:
+    """``probs`` if it is a distribution over ``labels``, else None (the reason on the logger).
+
+    A distribution: a dict whose keys are exactly ``labels`` (any strings when ``labels`` is
+    None), whose values are finite floats in [0, 1] summing to 1 (within
+    :data:`PROBABILITY_SUM_TOLERANCE`). The result is a new dict in ``labels``' order. What a
+    cache file says is never trusted on its own: the exact cache checks stored probabilities
+    with this when it reads them, and the resolver again against the request's labels.
+
+    Examples
+    --------
+    >>> checked_probabilities({"NO": 0.25, "YES": 0.75}, ("YES", "NO"))
+    {'YES': 0.75, 'NO': 0.25}
+    >>> checked_probabilities({"YES": 0.9, "NO": 0.9}, ("YES", "NO")) is None
+    True
+    """
+    why = _probabilities_problem(probs, labels)
+    if why is not None:
+        logger.warning("cache: stored label probabilities were not used (%s)", why)
+        return None
+    if labels is None:
+        return {k: float(v) for k, v in probs.items()}
+    return {label: float(probs[label]) for label in labels}
+
+
+def _probabilities_problem(probs: Any, labels: Sequence[str] | None) -> str | None:
+    if type(probs) is not dict or not probs:
+        return f"not a non-empty object but {type(probs).__name__}"
+    if labels is not None:
+        if len(probs) != len(labels) or any(label not in probs for label in labels):
+            return f"labels {sorted(map(str, probs))[:8]} are not the request's {list(labels)[:8]}"
+    elif any(type(k) is not str for k in probs):
+        return "a key that is not a label"
+    total = 0.0
+    for v in probs.values():
+        # (NaN and infinities fail the range test; True and False are not numbers here)
+        if (type(v) is not float and type(v) is not int) or not 0.0 <= v <= 1.0:
+            return f"{v!r:.40} is not a probability"
+        total += v
+    if abs(total - 1.0) > PROBABILITY_SUM_TOLERANCE:
+        return f"they sum to {total!r}, not 1"
+    return None
+
+
+def loaded_probabilities(text: str | None) -> dict[str, float] | None:
+    """Label probabilities back from their stored form (None: none stored, or not a valid
+    distribution -- then with a warning; see :func:`checked_probabilities`).
+
+    >>> loaded_probabilities('{"A":0.75,"B":0.25}')
+    {'A': 0.75, 'B': 0.25}
+    >>> loaded_probabilities('{"A":1.5,"B":-0.5}') is None
+    True
+    """
+    if text is None:
+        return None
+    try:
+        probs = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        logger.warning("cache: stored label probabilities were not used (not JSON: %s)", exc)
+        return None
+    return checked_probabilities(probs)
 
 
 class CacheError(SemframeError):
@@ -677,7 +779,7 @@ class _Handle:
 
     def _prepare(self, con: Any, *, existed: bool) -> None:
         """Check the catalog (refuse what semframe did not create), create what is missing,
-        migrate a version 1 file."""
+        migrate a version 1 or 2 file."""
         ident = self._ident()
         if existed:
             self._check_catalog(con, macros=ident is None or ident != self.macros_checked)
@@ -691,8 +793,8 @@ class _Handle:
             version = meta.get("schema_version")
             if version is None:
                 con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
-            elif version == "1":
-                self._migrate_v1(con)
+            elif version in ("1", "2"):
+                self._migrate(con, int(version))
             elif version != str(SCHEMA_VERSION):
                 raise CacheError(
                     f"the cache at {self.path} has format version {version}, this semframe uses "
@@ -715,19 +817,28 @@ class _Handle:
                 con.execute("ROLLBACK")
             raise
 
-    def _migrate_v1(self, con: Any) -> None:
+    def _migrate(self, con: Any, version: int) -> None:
+        """Bring a version 1 or 2 file to :data:`SCHEMA_VERSION` (in the caller's transaction).
+
+        Version 1 (no ``key_hash``, a primary key) is copied into a new table; version 2 gains the
+        ``probabilities_json`` column (NULL: its answers have no stored probabilities)."""
         columns = [r[0] for r in con.execute(
             "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() "
             "AND schema_name = 'main' AND table_name = 'exact' ORDER BY column_index").fetchall()]
         if "key_hash" not in columns:
             names = [n for n, _ in _EXACT_COLUMNS]
-            con.execute("CREATE TABLE exact_v2 (" + ", ".join(f"{n} {t}" for n, t in _EXACT_COLUMNS) + ")")
-            select = ", ".join(KEY_HASH_SQL if n == "key_hash" else n for n in names)
-            con.execute(f"INSERT INTO exact_v2 SELECT {select} FROM exact")
+            con.execute("CREATE TABLE exact_new (" + ", ".join(f"{n} {t}" for n, t in _EXACT_COLUMNS) + ")")
+            select = ", ".join(KEY_HASH_SQL if n == "key_hash" else n if n in columns else f"NULL AS {n}"
+                               for n in names)
+            con.execute(f"INSERT INTO exact_new SELECT {select} FROM exact")
             con.execute("DROP TABLE exact")
-            con.execute("ALTER TABLE exact_v2 RENAME TO exact")
+            con.execute("ALTER TABLE exact_new RENAME TO exact")
+        else:
+            for n, t in _EXACT_COLUMNS:
+                if n not in columns and _ADDED_IN.get(n, 0) > version:
+                    con.execute(f"ALTER TABLE exact ADD COLUMN {n} {t}")
         con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
-        logger.info("cache: migrated %s to format version %d", self.path, SCHEMA_VERSION)
+        logger.info("cache: migrated %s from format version %d to %d", self.path, version, SCHEMA_VERSION)
 
     def _check_catalog(self, con: Any, *, macros: bool) -> None:
         """Refuse a file with objects semframe did not create: views, user types, CHECK

@@ -155,9 +155,9 @@ class Completion:
     the spec's label order, summing to 1 -- for :class:`~semframe.engines.vllm.VLLMEngine` the
     model's distribution over the labels at the one position where it picks the label (see
     docs/engines.md, "Labels in one decode step"). None for other specs, for an answer with an
-    error, and where the engine does not know them (a grammar-decoded choice, an answer read
-    back from the persistent cache). Not part of equality: two completions with the same answer
-    compare equal.
+    error, and where the engine does not know them (a grammar-decoded choice); the persistent
+    cache stores them and gives them back after checking them. Not part of equality: two
+    completions with the same answer compare equal.
 
     ``latency_s`` is the request's own latency: for an engine that answers requests one by one
     (:class:`~semframe.engines.concurrent.ConcurrentEngine`, e.g. over HTTP) the time from its
@@ -253,6 +253,9 @@ class Engine(ABC):
     #: billed by the token (an API); None: the engine runs on a machine priced by the hour
     #: (``sf.configure(machine=...)``), as every local engine does.
     pricing: Any = None
+    #: The most tokens (prompt plus answer) one request may take; None: unknown (an operator that
+    #: packs rows into requests, such as ``semantic.aggregate``, then assumes a default).
+    context_window: int | None = None
 
     def __init__(self) -> None:
         self.usage = EngineUsage()
@@ -312,6 +315,12 @@ class Engine(ABC):
     def count_tokens(self, text: str) -> int:
         """Tokens in ``text`` by this engine's tokenizer; the base guess is ~4 characters a token."""
         return max(1, (len(text) + 3) // 4)
+
+    def label_output_tokens(self, labels: Sequence[str], max_tokens: int | None = None) -> int | None:
+        """The output tokens every answer to a choice over ``labels`` takes, where the engine
+        knows it exactly without answering (e.g. one, for labels decoded in one step); None
+        (default): it does not, and estimates count the labels' tokens. Never starts a model."""
+        return None
 
     def token_bound(self, request: Request, prompt_tokens: int) -> tuple[int, int]:
         """The most (prompt, output) tokens answering ``request`` can bill, given its prompt's count.

@@ -100,6 +100,10 @@ class DeterministicEngine(Engine):
     keep_batches
         Keep every batch it was asked in :attr:`batches` (default; tests read them). ``False``
         keeps only the count (``requests_seen``), for runs of millions of rows.
+    context_window
+        The most tokens (prompt, counted as :meth:`count_tokens` counts the messages, plus
+        ``max_tokens``) a request may take, as :attr:`Engine.context_window` reports it; a request
+        over it gets an error for its row, as vLLM's would. None (default): no limit.
 
     Examples
     --------
@@ -116,8 +120,9 @@ class DeterministicEngine(Engine):
     constrained_decoding = True
 
     def __init__(self, responder: Callable[[Request], str] | None = None, *, model: str = "deterministic-v1",
-                 keep_batches: bool = True):
+                 keep_batches: bool = True, context_window: int | None = None):
         super().__init__()
+        self.context_window = context_window
         self._responder = responder
         self._model = model
         self._keep = keep_batches
@@ -175,6 +180,10 @@ class DeterministicEngine(Engine):
             return RawCompletion(
                 None, "error", prompt_tokens=prompt_tokens, error=_unsupported(request.spec)
             )
+        window = self.context_window
+        if window is not None and prompt_tokens + request.max_tokens > window:
+            return RawCompletion(None, "error", error=f"prompt has {prompt_tokens} tokens, and with max_tokens="
+                                 f"{request.max_tokens} that is over the context window {window}")
         text, finish = self._within_max_tokens(self.answer(request), request.max_tokens)
         probabilities = None
         if isinstance(request.spec, ChoiceSpec) and finish == "stop":

@@ -26,11 +26,12 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from semframe.engines import vllm_adapter
 from semframe.engines.base import Engine, Message, RawCompletion, Request
 from semframe.engines.models import resolve_model, short_model_name
 from semframe.engines.quiet import engine_logs_wanted, engine_output, notice, prepare_vllm_logging
@@ -80,26 +81,8 @@ def _import_vllm(loud: bool | None = None) -> Any:
         raise EngineError(
             f"the vLLM engine needs the 'vllm' package, which could not be imported ({exc}); {_INSTALL_HINT}"
         ) from exc
+    vllm_adapter.check_version(getattr(vllm, "__version__", None), where="imported")
     return vllm
-
-
-@contextlib.contextmanager
-def _engine_env(multiprocess: bool) -> Iterator[None]:
-    """Select vLLM's in-process or multiprocess engine core while the engine starts."""
-    from vllm import envs
-
-    key = "VLLM_ENABLE_V1_MULTIPROCESSING"
-    saved = os.environ.get(key)
-    os.environ[key] = "1" if multiprocess else "0"
-    # An engine started earlier in this process froze vLLM's environment cache; re-read it.
-    envs.disable_envs_cache()
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = saved
 
 
 def _shutdown(llm: Any, in_process: bool) -> None:
@@ -109,26 +92,9 @@ def _shutdown(llm: Any, in_process: bool) -> None:
     tears it down, which would break the others, so it is kept until the last one closes.
     """
     last = _count_engine(-1) == 0 if in_process else True
-    with contextlib.suppress(Exception), _keep_distributed_state(not last):
-        llm.llm_engine.engine_core.shutdown()
+    vllm_adapter.shutdown(llm, keep_process_state=not last)
     del llm
     gc.collect()
-
-
-@contextlib.contextmanager
-def _keep_distributed_state(keep: bool) -> Iterator[None]:
-    """While shutting one in-process engine down, leave vLLM's process-wide state alone."""
-    if not keep:
-        yield
-        return
-    from vllm.v1.engine import core
-
-    cleanup = core.cleanup_dist_env_and_memory
-    core.cleanup_dist_env_and_memory = gc.collect
-    try:
-        yield
-    finally:
-        core.cleanup_dist_env_and_memory = cleanup
 
 
 def _weights_digest(folder: Path) -> str:
@@ -146,6 +112,29 @@ def _weights_digest(folder: Path) -> str:
                 f.seek(size * i // 64)
                 h.update(f.read(4096))
     return h.hexdigest()
+
+
+#: On a GPU build: whether the in-process engines of this process run vLLM's batch-invariant
+#: kernels. vLLM reads ``VLLM_BATCH_INVARIANT`` once per process (partly when its modules are
+#: imported), so the first in-process engine decides for all; None before any has started.
+_process_batch_invariant: bool | None = None
+
+
+def _claim_batch_invariance(invariant: bool) -> None:
+    """Refuse to start an in-process GPU engine whose batch-invariant mode differs from the one
+    this process already runs (its answers would not be what its fingerprint says)."""
+    global _process_batch_invariant
+    with _default_lock:
+        if _process_batch_invariant is None:
+            _process_batch_invariant = invariant
+        elif _process_batch_invariant != invariant:
+            have = "with" if _process_batch_invariant else "without"
+            raise EngineError(
+                f"this process already runs an in-process vLLM engine {have} deterministic=True; on a GPU, vLLM "
+                "reads its batch-invariant mode once per process, so the two modes cannot share one. Pass "
+                "multiprocess=True to one of the engines (its vLLM then runs in a process of its own), or use "
+                "one mode per process"
+            )
 
 
 def _count_engine(change: int) -> int:
@@ -270,11 +259,13 @@ class _Core:
     or is garbage collected (:meth:`release`).
     """
 
-    def __init__(self, key: str, kwargs: dict[str, Any], multiprocess: bool):
+    def __init__(self, key: str, kwargs: dict[str, Any], multiprocess: bool, env: dict[str, str] | None = None):
         self.key = key
         self.kwargs = kwargs
         self.model = str(kwargs["model"])
         self.multiprocess = multiprocess
+        #: Environment variables set while vLLM starts (beyond the multiprocess switch).
+        self.env = dict(env or {})
         self.lock = threading.Lock()  # one batch at a time on this LLM
         self.request_ids = itertools.count()  # request ids unique across the engines sharing it
         self._start_lock = threading.RLock()
@@ -309,8 +300,10 @@ class _Core:
             logger.info("starting vLLM on %s with model %s", _runtime().device, self.model)
             with engine_output(loud) as captured:
                 vllm = _import_vllm(loud)
+                if not self.multiprocess and _runtime().device != "cpu":
+                    _claim_batch_invariance(bool(self.env.get("VLLM_BATCH_INVARIANT")))
                 try:
-                    with _engine_env(self.multiprocess):
+                    with vllm_adapter.environment({**vllm_adapter.multiprocess_env(self.multiprocess), **self.env}):
                         llm = vllm.LLM(**kwargs)
                 except Exception as exc:
                     tail = captured.tail()
@@ -318,22 +311,20 @@ class _Core:
                         f"vLLM could not start model {self.model!r}: {type(exc).__name__}: {exc}"
                         + (f"\nvLLM's last output:\n{tail}" if tail else "")
                     ) from exc
-                from vllm.platforms import current_platform
-
-                device = "cpu" if current_platform.is_cpu() else str(current_platform.device_type)
-                tokenizer = llm.get_tokenizer()
+                facts = vllm_adapter.started_facts(llm)
+                device = facts["device"]
+                tokenizer = facts["tokenizer"]
             if not self.multiprocess:
                 _count_engine(+1)
             # Runs once: when the last engine sharing it lets go, or at interpreter exit.
             self._finalizer = weakref.finalize(self, _shutdown, llm, not self.multiprocess)
-            config = llm.llm_engine.model_config
-            self.max_model_len = int(config.max_model_len)
-            self.dtype = str(config.dtype).removeprefix("torch.")
+            self.max_model_len = facts["max_model_len"]
+            self.dtype = facts["dtype"]
             if device != _runtime().device:
                 logger.warning("vLLM runs on %s, not on %s as its installed build suggested; the engine's "
                                "fingerprint uses %s from now on", device, _runtime().device, device)
             self.device = device
-            self.vllm_version = vllm.__version__
+            self.vllm_version = facts["vllm_version"]
             self.tokenizer = tokenizer
             self.starts += 1
             self.start_seconds = time.perf_counter() - begin
@@ -381,14 +372,16 @@ _cores: dict[str, _Core] = {}
 _cores_lock = threading.RLock()
 
 
-def _acquire_core(kwargs: dict[str, Any], multiprocess: bool) -> _Core:
+def _acquire_core(kwargs: dict[str, Any], multiprocess: bool, env: dict[str, str] | None = None) -> _Core:
     """The core for these start-up options: the one in use, or a new (not yet started) one."""
-    key = hashlib.sha256(json.dumps({"kwargs": kwargs, "multiprocess": multiprocess},
-                                    sort_keys=True, default=repr).encode()).hexdigest()
+    ident: dict[str, Any] = {"kwargs": kwargs, "multiprocess": multiprocess}
+    if env:
+        ident["env"] = env
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=repr).encode()).hexdigest()
     with _cores_lock:
         core = _cores.get(key)
         if core is None or core.shut:
-            core = _cores[key] = _Core(key, kwargs, multiprocess)
+            core = _cores[key] = _Core(key, kwargs, multiprocess, env)
         core.handles += 1
         return core
 
@@ -499,7 +492,7 @@ class VLLMEngine(Engine):
         tokens so that the last message (the row) starts on a KV block boundary. vLLM's prefix
         cache reuses whole blocks only, so every shared token -- the instruction *and* the chat
         template's tokens up to the row -- is then computed once per run instead of once per row
-        (docs/engines.md, "Prefixes that fit the cache"). It changes the prompt the model reads
+        (docs/engines.md, "Prefix-cache blocks, and prefixes that fit them"). It changes the prompt the model reads
         by up to ``block_size - 1`` pad tokens; part of the fingerprint. ``False``: prompts as
         the chat template renders them.
     choice_decoding
@@ -508,6 +501,14 @@ class VLLMEngine(Engine):
         to its label, with the labels' probabilities (``Completion.probabilities``); other label
         sets fall back to the grammar. ``"grammar"``: always the choice grammar, token by token
         (the decoding before one-step existed). Part of the fingerprint.
+    deterministic
+        Same question, same answer: greedy answers that do not depend on what else is in the
+        batch or in vLLM's prefix cache. On CPU the weights and activations run in float32
+        (``dtype="float32"``; bf16 answers changed when the second run of a plan found its
+        prompts in the prefix cache); on a GPU build vLLM's batch-invariant kernels
+        (``VLLM_BATCH_INVARIANT=1``, NVIDIA compute capability >= 8.0, AMD Instinct, Intel XPU).
+        False (default): the model's dtype, faster (see docs/engines.md, "Same question, same
+        answer"). Part of the fingerprint: the two modes never share cached answers.
     quiet
         ``None`` (default): vLLM's, torch's and transformers' start-up output goes to the
         ``semframe.engine`` logger, unless ``SEMFRAME_ENGINE_LOGS=1`` is set; ``False``: shown as
@@ -551,10 +552,13 @@ class VLLMEngine(Engine):
         chat_template: str | None = None,
         choice_decoding: str = "one_token",
         align_prefix: bool = True,
+        deterministic: bool = False,
         quiet: bool | None = None,
         **vllm_kwargs: Any,
     ) -> None:
         super().__init__()
+        if not isinstance(deterministic, bool):
+            raise EngineError(f"deterministic must be True or False, got {deterministic!r}")
         if not isinstance(align_prefix, bool):
             raise EngineError(f"align_prefix must be True or False, got {align_prefix!r}")
         self._align_prefix = align_prefix
@@ -565,6 +569,7 @@ class VLLMEngine(Engine):
         # generate() (or a read of max_model_len / dtype); count_tokens() and render() load only
         # the tokenizer. A missing vllm or model, or a model without chat template, still fail here.
         _check_vllm_installed()
+        vllm_adapter.check_version(_runtime().facts["vllm"].rpartition(" ")[2])
         self._quiet = quiet
         self._model = resolve_model(model, quiet=quiet)
         self._truncate_prompt = truncate_prompt
@@ -572,6 +577,15 @@ class VLLMEngine(Engine):
         self._backend = structured_outputs_backend
         runtime = _runtime()
         on_cpu = runtime.device == "cpu"
+        self._deterministic = deterministic
+        env: dict[str, str] = {}
+        if deterministic and on_cpu:
+            if dtype not in ("auto", "float32"):
+                raise EngineError(f"deterministic=True runs float32 on CPU; dtype={dtype!r} contradicts it "
+                                  "(leave dtype out, or pass deterministic=False)")
+            dtype = "float32"
+        elif deterministic:
+            env = vllm_adapter.batch_invariant_env()
 
         kwargs: dict[str, Any] = dict(
             model=self._model,
@@ -606,7 +620,7 @@ class VLLMEngine(Engine):
         self._fingerprints: dict[str, str] = {}
         # The started vllm.LLM is shared by every open VLLMEngine with the same start-up options
         # (a notebook cell re-run makes a new VLLMEngine, not a second copy of the model).
-        self._core = _acquire_core(kwargs, multiprocess)
+        self._core = _acquire_core(kwargs, multiprocess, env)
         self._lock = self._core.lock
         self._request_ids = self._core.request_ids
         self._closed = False
@@ -641,6 +655,13 @@ class VLLMEngine(Engine):
         if self._core.max_model_len is None:
             self._start()
         return int(self._core.max_model_len)  # type: ignore[arg-type]
+
+    @property
+    def context_window(self) -> int:  # type: ignore[override]
+        """:attr:`max_model_len`, the engine's contract name for it: the one given to the
+        constructor, else vLLM's (reading it then starts the engine)."""
+        given = self._options["max_model_len"]
+        return int(given) if given > 0 else self.max_model_len
 
     @property
     def dtype(self) -> str:
@@ -704,11 +725,15 @@ class VLLMEngine(Engine):
             # One-step and grammar decoding of a choice can pick different labels (a near-tie,
             # a label the grammar reaches through a shared first token): not one cache.
             "choice_decoding": self._choice_decoding,
-            # Padding the shared prefix to a block boundary changes the prompt the model reads.
-            "align_prefix": self._block if self._align_prefix else False,
             # Every other vllm.LLM option, but those that cannot change an answer.
             "options": {k: v for k, v in o.items() if k not in _ANSWER_NEUTRAL},
         }
+        if self._deterministic:  # only when on: the default mode's fingerprints stay as they were
+            parts["deterministic"] = "float32" if (device or self.device) == "cpu" else "batch_invariant"
+        if self._align_prefix:
+            # Padding the shared prefix to a block boundary changes the prompt the model reads
+            # (unaligned engines keep the fingerprint, and the cached answers, they had before).
+            parts["align_prefix"] = self._block
         if o["max_model_len"] == -1:  # the fitted context depends on the KV cache's size
             parts["kv_cache"] = {k: o.get(k) for k in _KV_SIZE_OPTIONS}
         if folder.is_dir():
@@ -737,68 +762,10 @@ class VLLMEngine(Engine):
         return len(self._tokenizer.encode(text, add_special_tokens=False))
 
     def render(self, messages: Sequence[Message]) -> list[int]:
-        """The prompt token ids of ``messages`` under the model's chat template.
-
-        The template adds the special tokens and the assistant turn's opening; the result is
-        exactly what the model is given. Message contents are tokenized as text
-        (``split_special_tokens``): a row holding ``<|im_end|>`` or ``<|im_start|>system`` gets
-        the characters, never the special tokens, so data can never open a new turn. With
-        ``align_prefix`` the first message's content is padded so that the last message's content
-        starts on a KV block boundary (see the class docstring).
-        """
-        marks = [f"\ue000{i}\ue001" for i in range(len(messages))]  # private-use sentinels
-        text = self._tokenizer.apply_chat_template(
-            [{"role": m.role, "content": mark} for m, mark in zip(messages, marks)],
-            tokenize=False,
-            add_generation_prompt=True,
-            chat_template=self._chat_template,
-        )
-        encode = self._tokenizer.encode
-        ids: list[int] = []
-        pos = 0
-        first_end = last_start = 0
-        for k, (message, mark) in enumerate(zip(messages, marks)):
-            at = text.find(mark, pos)
-            if at < 0:  # a template that rewrites contents: render whole, contents' specials escaped
-                return self._render_escaped(messages)
-            ids += encode(text[pos:at], add_special_tokens=False)
-            last_start = len(ids)
-            ids += encode(message.content, add_special_tokens=False, split_special_tokens=True)
-            if k == 0:
-                first_end = len(ids)
-            pos = at + len(mark)
-        ids += encode(text[pos:], add_special_tokens=False)
-        if self._align_prefix and len(messages) > 1:
-            pad = -last_start % self._block
-            if pad:
-                ids[first_end:first_end] = [self._pad_id] * pad
-        return ids
-
-    @property
-    def _pad_id(self) -> int:
-        """The token that pads a shared prefix (the last token of ``" ."``)."""
-        cached = self.__dict__.get("_pad_token")
-        if cached is None:
-            cached = self.__dict__["_pad_token"] = self._tokenizer.encode(_PAD_TEXT, add_special_tokens=False)[-1]
-        return cached
-
-    def _render_escaped(self, messages: Sequence[Message]) -> list[int]:
-        """Fallback of :meth:`render`: special-token strings in contents broken by a zero-width space."""
-        specials = sorted(self._tokenizer.all_special_tokens, key=len, reverse=True)
-
-        def escape(content: str) -> str:
-            for tok in specials:
-                if len(tok) > 1 and tok in content:
-                    content = content.replace(tok, tok[0] + "\u200b" + tok[1:])
-            return content
-
-        text = self._tokenizer.apply_chat_template(
-            [{"role": m.role, "content": escape(m.content)} for m in messages],
-            tokenize=False,
-            add_generation_prompt=True,
-            chat_template=self._chat_template,
-        )
-        return list(self._tokenizer.encode(text, add_special_tokens=False))
+        """The prompt token ids of ``messages`` under the model's chat template (see
+        :func:`render_chat`; with ``align_prefix``, the row starts on a KV block boundary)."""
+        return render_chat(self._tokenizer, messages, chat_template=self._chat_template,
+                           align_to=self._block if self._align_prefix else None)
 
     def _fit(self, request: Request, ids: list[int]) -> tuple[list[int] | None, str | None]:
         """Make a prompt leave room for the answer, or say why it cannot."""
@@ -867,39 +834,36 @@ class VLLMEngine(Engine):
             return None
         return table
 
+    def label_output_tokens(self, labels: Sequence[str], max_tokens: int | None = None) -> int | None:
+        """1 where a choice over ``labels`` (with ``max_tokens``) is decoded in one step, else None
+        (the grammar path). The tokenizer decides (:meth:`label_table`); vLLM is not started."""
+        if self._choice_decoding != "one_token":
+            return None
+        table = self.label_table(labels)
+        if table is None or (max_tokens is not None and max_tokens <= table.longest):
+            return None
+        return 1
+
     # -- generation -----------------------------------------------------------------------------
 
     def _sampling_params(self, request: Request, labels: _LabelTable | None = None) -> Any:
-        from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
-
         spec = request.spec
         if labels is not None:
-            allowed = labels.allowed
             # One token among the labels' tokens. Its log-probabilities (taken before the
-            # restriction, vLLM's default logprobs_mode) are renormalised over the allowed ids.
-            return SamplingParams(
-                max_tokens=1,
-                temperature=request.temperature,
-                top_p=request.top_p,
-                allowed_token_ids=allowed,
-                logprob_token_ids=allowed,
-                detokenize=False,  # the token is mapped to its label; no text is needed
-            )
+            # restriction, vLLM's default logprobs_mode) are renormalised over the allowed ids;
+            # no text is needed (the token is mapped to its label).
+            return vllm_adapter.sampling_params(max_tokens=1, temperature=request.temperature, top_p=request.top_p,
+                                                allowed_token_ids=labels.allowed)
         if isinstance(spec, ChoiceSpec):
-            structured = StructuredOutputsParams(choice=list(spec.labels))
+            constraint: dict[str, Any] = {"choice": spec.labels}
         elif isinstance(spec, JsonSpec):
-            structured = StructuredOutputsParams(json=spec.json_schema())
+            constraint = {"json_schema": spec.json_schema()}
         elif isinstance(spec, TextSpec):
-            structured = None
+            constraint = {}
         else:
             raise EngineError(f"the vLLM engine does not support output spec {type(spec).__name__}")
-        return SamplingParams(
-            max_tokens=request.max_tokens,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            structured_outputs=structured,
-        )
+        return vllm_adapter.sampling_params(max_tokens=request.max_tokens, temperature=request.temperature,
+                                            top_p=request.top_p, **constraint)
 
     def _prepare(self, request: Request) -> _Prepared:
         try:
@@ -914,15 +878,12 @@ class VLLMEngine(Engine):
     def _generate(self, requests: Sequence[Request]) -> list[RawCompletion]:
         if self._llm is None:
             raise EngineError("this VLLMEngine is closed; create a new one")
-        from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
-
         prepared = [self._prepare(r) for r in requests]
         results: list[RawCompletion | None] = [
             RawCompletion(None, "error", error=p.error) if p.error is not None else None
             for p in prepared
         ]
-        engine = self._llm.llm_engine
+        engine = vllm_adapter.core_of(self._llm)
         with self._lock:
             # Requests are added one by one, so vLLM's validation of one request (a schema the
             # backend rejects, say) fails that row only; then the engine runs them all together.
@@ -932,9 +893,8 @@ class VLLMEngine(Engine):
                     if p.error is not None:
                         continue
                     rid = f"semframe-{next(self._request_ids)}"
-                    p.params.output_kind = RequestOutputKind.FINAL_ONLY
                     try:
-                        engine.add_request(rid, TokensPrompt(prompt_token_ids=p.prompt_ids), p.params)
+                        vllm_adapter.add_request(engine, rid, p.prompt_ids, p.params)
                     except Exception as exc:
                         results[i] = RawCompletion(
                             None, "error", prompt_tokens=len(p.prompt_ids),
@@ -943,11 +903,9 @@ class VLLMEngine(Engine):
                         continue
                     pending[rid] = i
                 try:
-                    while pending and engine.has_unfinished_requests():
-                        for out in engine.step():
-                            if out.finished and out.request_id in pending:
-                                i = pending.pop(out.request_id)
-                                results[i] = self._completion(out, prepared[i].labels)
+                    for out in vllm_adapter.finished_outputs(engine, pending):
+                        i = pending.pop(out.request_id)
+                        results[i] = self._completion(out, prepared[i].labels)
                 except Exception as exc:
                     raise EngineError(
                         f"vLLM failed while generating a batch of {len(requests)} requests: "
@@ -955,8 +913,7 @@ class VLLMEngine(Engine):
                     ) from exc
             finally:
                 if pending:  # interrupted, or vLLM dropped requests: leave nothing queued
-                    with contextlib.suppress(Exception):
-                        engine.abort_request(list(pending), internal=False)
+                    vllm_adapter.abort(engine, list(pending))
         return [
             r if r is not None else RawCompletion(None, "error", error="vLLM returned no output")
             for r in results
@@ -992,6 +949,69 @@ class VLLMEngine(Engine):
     def closed(self) -> bool:
         """Whether :meth:`close` has been called."""
         return self._closed
+
+
+def render_chat(tokenizer: Any, messages: Sequence[Message], *, chat_template: str | None = None,
+                align_to: int | None = None) -> list[int]:
+    """The prompt token ids of ``messages`` under the tokenizer's (or the given) chat template.
+
+    The template adds the special tokens and the assistant turn's opening; the result is exactly
+    what the model is given. Message contents are tokenized as text (``split_special_tokens``): a
+    row holding ``<|im_end|>`` or ``<|im_start|>system`` gets the characters, never the special
+    tokens, so data can never open a new turn.
+
+    ``align_to`` (a KV block size): in a prompt of several messages, pad the end of the first
+    message's content with ``" ."`` tokens so that the last message's content starts on a block
+    boundary -- vLLM's prefix cache reuses whole blocks only, so every shared token is then reused
+    (``VLLMEngine(align_prefix=True)``; the benchmarks' raw-vLLM contender sends the same ids).
+    """
+    marks = [f"\ue000{i}\ue001" for i in range(len(messages))]  # private-use sentinels
+    text = tokenizer.apply_chat_template(
+        [{"role": m.role, "content": mark} for m, mark in zip(messages, marks)],
+        tokenize=False, add_generation_prompt=True, chat_template=chat_template,
+    )
+    encode = tokenizer.encode
+    ids: list[int] = []
+    pos = 0
+    first_end = last_start = 0
+    for k, (message, mark) in enumerate(zip(messages, marks)):
+        at = text.find(mark, pos)
+        if at < 0:  # a template that rewrites contents: render whole, contents' specials escaped
+            return _render_escaped(tokenizer, messages, chat_template)
+        ids += encode(text[pos:at], add_special_tokens=False)
+        last_start = len(ids)
+        ids += encode(message.content, add_special_tokens=False, split_special_tokens=True)
+        if k == 0:
+            first_end = len(ids)
+        pos = at + len(mark)
+    ids += encode(text[pos:], add_special_tokens=False)
+    if align_to and len(messages) > 1:
+        pad = -last_start % align_to
+        if pad:
+            ids[first_end:first_end] = [pad_token(tokenizer)] * pad
+    return ids
+
+
+def pad_token(tokenizer: Any) -> int:
+    """The token that pads a shared prefix: the last token of ``" ."``."""
+    return tokenizer.encode(_PAD_TEXT, add_special_tokens=False)[-1]
+
+
+def _render_escaped(tokenizer: Any, messages: Sequence[Message], chat_template: str | None) -> list[int]:
+    """Fallback of :func:`render_chat`: special-token strings in contents broken by a zero-width space."""
+    specials = sorted(tokenizer.all_special_tokens, key=len, reverse=True)
+
+    def escape(content: str) -> str:
+        for tok in specials:
+            if len(tok) > 1 and tok in content:
+                content = content.replace(tok, tok[0] + "\u200b" + tok[1:])
+        return content
+
+    text = tokenizer.apply_chat_template(
+        [{"role": m.role, "content": escape(m.content)} for m in messages],
+        tokenize=False, add_generation_prompt=True, chat_template=chat_template,
+    )
+    return list(tokenizer.encode(text, add_special_tokens=False))
 
 
 def build_label_table(tokenizer: Any, labels: Sequence[str], chat_template: str | None = None) -> _LabelTable | None:

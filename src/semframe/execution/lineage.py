@@ -27,7 +27,10 @@ if TYPE_CHECKING:
     from semframe.engines.base import Request
 
 #: How a cell was answered.
-SOURCES = ("engine", "dedup", "exact_cache", "semantic_cache", "skipped")
+SOURCES = ("engine", "dedup", "exact_cache", "semantic_cache", "skipped",
+           # approximate steps (semframe.physical.approx): a proxy's or a cheaper engine's answer, an oracle
+           # answer drawn for calibration
+           "proxy", "cascade", "calibration")
 
 LINEAGE_SCHEMA = {
     "row_id": pl.UInt32,
@@ -98,6 +101,7 @@ class StepMetrics:
     exact_cache_hits: int = 0
     semantic_cache_hits: int = 0
     skipped: int = 0
+    proxy_answers: int = 0  # cells an approximate step's proxy answered: oracle calls saved
     errors: int = 0
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
@@ -107,6 +111,9 @@ class StepMetrics:
     #: The per-token prices (a TokenPrice) of the engine that answered the step, for an engine
     #: billed by the token; None: machine-hour pricing (a local engine).
     pricing: Any = None
+    #: What the operator reports beyond the counts (a join: its algorithm, the blocking audit's
+    #: estimated recall); not a column of ``RunResult.metrics``.
+    notes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def token_usd(self) -> float:
@@ -130,6 +137,8 @@ class StepMetrics:
             self.exact_cache_hits += 1
         elif src == "semantic_cache":
             self.semantic_cache_hits += 1
+        elif src in ("proxy", "cascade"):
+            self.proxy_answers += 1
         else:
             self.skipped += 1
         self.errors += outcome.error is not None and src != "skipped"

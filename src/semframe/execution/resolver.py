@@ -57,8 +57,9 @@ class StepInfo:
     semantic_key: dict[str, Any] = field(default_factory=dict)
     #: The step's own engine (a model per step); None: the run's engine.
     engine: Engine | None = None
-    #: The step shows label probabilities: an earlier answer without them (the persistent cache
-    #: stores none) is asked again, so every answered row has them where the engine gives them.
+    #: The step shows label probabilities: an earlier answer without them (one cached before the
+    #: cache stored them, or whose stored ones failed their check) is asked again, so every
+    #: answered row has them where the engine gives them.
     probabilities: bool = False
 
     @property
@@ -340,8 +341,13 @@ def _revalidated(comp: Completion, request: Request) -> Completion | None:
     except Exception as exc:  # OutputError, or a broken stored text
         logger.warning("exact cache: a stored answer does not fit its spec (%s); asking the engine again", exc)
         return None
+    probs = comp.probabilities
+    if probs is not None:  # stored label probabilities: a distribution over this request's labels, or none
+        from semframe.cache.store import checked_probabilities
+
+        probs = checked_probabilities(probs, tuple(getattr(request.spec, "labels", None) or ()))
     return Completion(comp.text, value, comp.finish_reason, comp.prompt_tokens, comp.cached_prompt_tokens,
-                      comp.output_tokens, comp.latency_s, probabilities=comp.probabilities)
+                      comp.output_tokens, comp.latency_s, probabilities=probs)
 
 
 def _count_retry(step: StepInfo) -> None:

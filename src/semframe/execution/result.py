@@ -33,7 +33,7 @@ _METRIC_DTYPES = {
     "step": pl.Int32, "operator": pl.String, "column": pl.String, "rows_in": pl.Int64, "rows_out": pl.Int64,
     "selectivity": pl.Float64, "engine_requests": pl.Int64, "engine_batches": pl.Int64,
     "engine_retries": pl.Int64, "engine_failures": pl.Int64, "cache_rejects": pl.Int64, "dedup_hits": pl.Int64,
-    "exact_cache_hits": pl.Int64, "semantic_cache_hits": pl.Int64, "skipped": pl.Int64, "errors": pl.Int64,
+    "exact_cache_hits": pl.Int64, "semantic_cache_hits": pl.Int64, "skipped": pl.Int64, "proxy_answers": pl.Int64, "errors": pl.Int64,
     "prompt_tokens": pl.Int64, "cached_prompt_tokens": pl.Int64, "output_tokens": pl.Int64,
     "engine_seconds": pl.Float64, "seconds": pl.Float64, "rows_per_s": pl.Float64, "tokens_per_s": pl.Float64,
     "cost_usd": pl.Float64,
@@ -164,6 +164,19 @@ class RunResult:
         """The local cost, the same tokens priced as API calls, and the saving from reused answers."""
         return cost_report(self.step_metrics, self.machine, lineage=self.lineage, prompts=self.prompts,
                            count=self.count_tokens)
+
+    def audit(self, k: int = 50, *, seed: int = 0, confidence: float = 0.95) -> Any:
+        """Ask the oracle (the step's own engine) about ``k`` random cells a proxy answered.
+
+        For approximate steps (``classify(..., approx=sf.Target(...))``): the cells' own requests
+        go to the oracle engine, bypassing every cache, and the report gives the realised
+        agreement with a Clopper-Pearson (and a Wilson) interval at ``confidence``; see
+        :func:`semframe.execution.calibration.audit_agreement`.
+        """
+        from semframe.execution.calibration import audit_agreement
+
+        pools = [m.notes["approx_audit"] for m in self.step_metrics if "approx_audit" in m.notes]
+        return audit_agreement(pools, k, seed=seed, confidence=confidence)
 
     # ------------------------------------------------------------------ lineage
 

@@ -80,21 +80,31 @@ def _best(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the ``k`` largest entries, largest first, ties by lower position."""
     import numpy as np
 
-    if k < sims.shape[1]:
-        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        # argpartition may cut a tie at the k-th value arbitrarily: widen to every position tied
-        # with it, then take the first k in (similarity desc, position asc) order.
-        kth = np.take_along_axis(sims, part, axis=1).min(axis=1, keepdims=True)
-        if np.any((sims >= kth).sum(axis=1) > k):
-            order = np.lexsort((np.broadcast_to(np.arange(sims.shape[1]), sims.shape), -sims), axis=1)[:, :k]
-            return order, np.take_along_axis(sims, order, axis=1)
-        cand = part
-    else:
+    if k >= sims.shape[1]:
         cand = np.broadcast_to(np.arange(sims.shape[1]), sims.shape)
+        return _ordered(sims, cand)
+    cand = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    # argpartition may cut a tie at the k-th value arbitrarily: for the rows where more than k
+    # positions reach it, take the first k of the whole row in (similarity desc, position asc)
+    # order; only those rows are sorted whole (identical records make ties common).
+    kth = np.take_along_axis(sims, cand, axis=1).min(axis=1, keepdims=True)
+    tied = (sims >= kth).sum(axis=1) > k
+    idx, vals = _ordered(sims, cand)
+    if tied.any():
+        rows = sims[tied]
+        order = np.lexsort((np.broadcast_to(np.arange(rows.shape[1]), rows.shape), -rows), axis=1)[:, :k]
+        idx[tied] = order
+        vals[tied] = np.take_along_axis(rows, order, axis=1)
+    return idx, vals
+
+
+def _ordered(sims: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate positions of each row in (similarity desc, position asc) order."""
+    import numpy as np
+
     vals = np.take_along_axis(sims, cand, axis=1)
     order = np.lexsort((cand, -vals), axis=1)
-    idx = np.take_along_axis(cand, order, axis=1)
-    return idx, np.take_along_axis(vals, order, axis=1)
+    return np.take_along_axis(cand, order, axis=1), np.take_along_axis(vals, order, axis=1)
 
 
 def _has_faiss() -> bool:

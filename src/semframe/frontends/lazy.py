@@ -329,6 +329,31 @@ class SemLazyFrame:
         """Run the plan and write the result to an Arrow IPC file (``compression``; see :meth:`sink_parquet`)."""
         return self._sink("sink_ipc", path, kwargs)
 
+    def write_batch(self, path: Any, engine: Any = None, **options: Any) -> Any:
+        """Write the requests a run would still send (after dedup and the exact cache) as an
+        OpenAI Batch API input file; load the answers with :func:`semframe.read_batch_results`.
+
+        ``engine`` (None: the configured one) names the model and keys the cache; it is never
+        asked. ``options``: planning options as for :meth:`run` (use the same for the run after).
+        Returns a summary (``requests``, ``cached``, ``waiting`` steps, ``path``). See
+        docs/engines.md, "Batch files".
+
+        Examples
+        --------
+        >>> import polars as pl, semframe as sf, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "batch.jsonl")
+        >>> df = pl.DataFrame({"t": ["batch me", "and me", "batch me"]})
+        >>> plan = df.lazy().semantic.classify("t", ["YES", "NO"], name="c")
+        >>> plan.write_batch(path, engine=sf.DeterministicEngine()).requests  # a repeat is asked once
+        2
+        """
+        from semframe.physical.batchfile import write_batch
+
+        _check_planning_options("write_batch()", options, extra=("engine",))
+        if engine is not None:
+            existing_engine(engine)  # a clear error for anything but an Engine
+        return write_batch(self._plan_node, path, engine, **options)
+
     # ------------------------------------------------------------------ plans as files
 
     def serialize(self, file: Any = None, *, embed_limit: int | None = 1 << 20) -> str | None:
@@ -435,7 +460,7 @@ class SemLazyFrame:
     def run(self, engine: Any = None, *, batch_size: int | None = None, cache: bool | None = None,
             lineage: bool | None = None, optimize: bool | None = None, max_cost: float | None = None,
             max_tokens: int | None = None, progress: bool | None = None, dedupe: bool | None = None,
-            prompt_layout: str | None = None, on_error: str | None = None) -> RunResult:
+            prompt_layout: str | None = None, on_error: str | None = None, executor: Any = None) -> RunResult:
         """Run the plan and return the result with its lineage, metrics and cost.
 
         Parameters
@@ -470,6 +495,9 @@ class SemLazyFrame:
             request(s) it cannot answer get a null (with the reason in the lineage) and the run
             completes; ``"raise"``: stop with :class:`semframe.EngineFailure` (naming the step and
             batch, with the partial result in ``err.result``).
+        executor
+            Where the plan runs: None (this process), or e.g. ``sf.RayExecutor(num_actors=2)`` to
+            answer its row-wise semantic steps on a Ray Data actor pool (docs/scale-out.md).
 
         Examples
         --------
@@ -479,18 +507,22 @@ class SemLazyFrame:
         >>> r.metrics.select("rows_in", "engine_requests", "dedup_hits").row(0)
         (3, 2, 1)
         """
+        if executor is not None:  # the executor checks the engine (a name or a function making one)
+            return executor.run(self._plan_node, engine=engine, batch_size=batch_size, cache=cache, lineage=lineage,
+                                optimize=optimize, max_cost=max_cost, max_tokens=max_tokens, progress=progress,
+                                dedupe=dedupe, prompt_layout=prompt_layout, on_error=on_error)
         if engine is not None:
             existing_engine(engine)  # a clear error for anything but an Engine, also when no step needs one
         return run_plan(self._plan_node, engine=engine, batch_size=batch_size, cache=cache, lineage=lineage,
                         optimize=optimize, max_cost=max_cost, max_tokens=max_tokens, progress=progress,
                         dedupe=dedupe, prompt_layout=prompt_layout, on_error=on_error)
 
-    def collect(self, engine: Any = None, **options: Any) -> pl.DataFrame:
+    def collect(self, engine: Any = None, *, executor: Any = None, **options: Any) -> pl.DataFrame:
         """Run the plan and return a polars DataFrame (options as for :meth:`run`)."""
         unknown = [k for k in options if k not in RUN_OPTIONS]
         if unknown:
             raise unexpected_arguments("collect()", unknown, RUN_OPTIONS)
-        return self.run(engine, **options).df
+        return self.run(engine, executor=executor, **options).df
 
     def __repr__(self) -> str:
         return f"<SemLazyFrame>\n{self.explain()}"
@@ -525,6 +557,16 @@ class _Pending:
         self._base = base
         self._calls = calls
         self._inputs = inputs
+
+    @property
+    def semantic(self) -> Any:
+        """``group_by("a", ...).semantic.aggregate(...)``: ``semantic.aggregate(..., by=["a", ...])``.
+
+        Only right after one ``group_by`` of plain column names (else a PlanError says why).
+        """
+        from semframe.frontends.aggregate_verbs import GroupedSemantic, group_keys
+
+        return GroupedSemantic(_PlanVerbs(SemLazyFrame(self._base)), group_keys(self._calls))
 
     def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         inputs: list[Node] = list(self._inputs)

@@ -21,6 +21,8 @@ from semframe.frontends.cluster_verbs import ClusterVerbs
 from semframe.frontends.embedding_verbs import EmbeddingVerbs
 from semframe.frontends.join_verbs import JoinVerbs
 from semframe.frontends.ranking_verbs import RankingVerbs
+from semframe.errors import PlanError
+from semframe.plan.approx import SemApproxClassify
 from semframe.plan.nodes import Node
 from semframe.plan.semantic import SemClassify, SemExtract, SemFilter, SemMap
 from semframe.plan.spec import ChoiceSpec, JsonSpec, TextSpec
@@ -43,7 +45,8 @@ class SemanticVerbs(JoinVerbs, AggregateVerbs, RankingVerbs, EmbeddingVerbs, Clu
     def classify(self, column: str, labels: Sequence[str], *, instruction: str | None = None,
                  name: str = "classify", max_tokens: int | None = None, temperature: float = 0.0,
                  cache: bool | None = None, semantic_cache: bool | float | None = None,
-                 probabilities: bool = False, **run_options: Any) -> Any:
+                 probabilities: bool = False, approx: Any = None, proxy: Any = None,
+                 **run_options: Any) -> Any:
         """Label each row with one of ``labels`` (a string column; null where no answer).
 
         Parameters
@@ -66,6 +69,15 @@ class SemanticVerbs(JoinVerbs, AggregateVerbs, RankingVerbs, EmbeddingVerbs, Clu
             ``True`` adds ``<name>_probabilities``: a struct of one Float64 per label, the
             engine's probability of each label for the row (null where the engine gave none:
             see docs/engines.md, "Labels in one decode step").
+        approx
+            ``sf.Target(accuracy=..., confidence=...)``: let a proxy answer the rows where its
+            accuracy (agreement with this step's engine) is certified on a calibration sample;
+            the engine answers the rest (see docs/approximation.md).
+        proxy
+            With ``approx``: ``None`` / ``"learned"`` (logistic regression on embeddings of the
+            default embedder, trained on the calibration answers), an embedding engine (the
+            learned proxy on its embeddings, e.g. ``sf.HashingEmbedder()``), or a cheaper engine
+            (or engine name) for a cascade.
 
         Examples
         --------
@@ -80,10 +92,16 @@ class SemanticVerbs(JoinVerbs, AggregateVerbs, RankingVerbs, EmbeddingVerbs, Clu
         """
         plan = self._plan()
         where = "semantic.classify"
-        node = SemClassify(
+        if approx is None and proxy is not None:
+            raise PlanError(f"{where}: proxy= needs a target; pass approx=sf.Target(accuracy=..., confidence=...)")
+        node_type, extra = (SemClassify, {}) if approx is None else (SemApproxClassify,
+                                                                     {"approx": approx, "proxy": proxy})
+        if approx is not None and _is_embedder(proxy):
+            extra = {"approx": approx, "proxy": "learned", "embedder": proxy}  # the learned proxy, on its vectors
+        node = node_type(
             plan, resolve_template(column, plan.columns, where), instruction, _labels(labels),
             name, max_tokens, temperature, cache=cache, semantic_cache=_semantic_cache(semantic_cache, where),
-            probabilities=probabilities,
+            probabilities=probabilities, **extra,
         )
         return self._finish(node, run_options)
 
@@ -157,3 +175,10 @@ class SemanticVerbs(JoinVerbs, AggregateVerbs, RankingVerbs, EmbeddingVerbs, Clu
             name, max_tokens, temperature, cache=cache, semantic_cache=_semantic_cache(semantic_cache, where),
         )
         return self._finish(node, run_options)
+
+
+def _is_embedder(value: Any) -> bool:
+    """True for an embedding engine (``proxy=`` then means the learned proxy on its vectors)."""
+    from semframe.engines.embedding import EmbeddingEngine
+
+    return isinstance(value, EmbeddingEngine)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from semframe.errors import SemframeError
+from semframe.optimizer.limit_rankings import limit_rankings
+from semframe.optimizer.pushdown_join_predicates import pushdown_join_predicates
 from semframe.optimizer.pushdown_limit import pushdown_limit
 from semframe.optimizer.pushdown_predicates import pushdown_predicates
 from semframe.optimizer.pushdown_projections import pushdown_projections
@@ -21,8 +23,10 @@ Rule = Callable[[Node], Node]
 
 RULES: tuple[Rule, ...] = (
     pushdown_predicates,
+    pushdown_join_predicates,
     pushdown_projections,
     pushdown_limit,
+    limit_rankings,
 )
 
 

@@ -26,7 +26,7 @@ from semframe.physical.relational import PolarsQuery, PolarsStep
 from semframe.physical.semantic import OPERATORS
 
 # The operator modules register themselves with ``physical_for`` when imported.
-from semframe.physical import aggregate, cluster, embedding, join, ranking  # noqa: E402,F401  isort: skip
+from semframe.physical import aggregate, approx, cluster, embedding, join, ranking  # noqa: E402,F401  isort: skip
 from semframe.plan.explain import render as render_logical
 from semframe.plan.nodes import Node, Relational, Scan, walk
 from semframe.plan.semantic import SemanticNode

@@ -199,7 +199,8 @@ class RowOperator(SemanticOperator):
         state = self.inputs[0].estimate(est)
         cols = node.template.columns
         count = est.count
-        out = output_tokens(node.spec, node.effective_max_tokens, count)
+        out = output_tokens(node.spec, node.effective_max_tokens, count,
+                            est.engine if node.engine is None else node.engine)  # the engine that answers
         written = sum(est.typical_tokens.get(c, 0.0) for c in cols)
         batch = state.batch
         known = batch is not None and not (set(cols) & state.unknown)

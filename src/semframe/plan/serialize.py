@@ -216,10 +216,10 @@ class _Writer:
         where = f"serialize: step {op}"
         for f in dataclasses.fields(node):
             if f.init:
-                out[f.name] = self.field(getattr(node, f.name), f"{where}: option {f.name}", f.name)
+                out[f.name] = self.operand(getattr(node, f.name), f"{where}: option {f.name}", f.name)
         return out
 
-    def field(self, value: Any, where: str, name: str = "") -> Any:
+    def operand(self, value: Any, where: str, name: str = "") -> Any:
         if isinstance(value, Node):
             return self.node(value)
         if isinstance(value, Template):
@@ -229,7 +229,7 @@ class _Writer:
         if isinstance(value, PlExpr):
             return {"expr": expr_to_json(value, where)}
         if isinstance(value, tuple):
-            return {"tuple": [self.field(v, where) for v in value]}
+            return {"tuple": [self.operand(v, where) for v in value]}
         if name in ("engine", "embedder") and value is not None and not isinstance(value, str):
             raise PlanError(f"{where}: the step has an {name} object ({type(value).__name__}); a plan file names "
                             f"engines instead: register it with sf.configure(engines={{'name': ...}}) and give the "
@@ -552,13 +552,13 @@ class _Reader:
         cls = _operators()[op]
         names = [f.name for f in dataclasses.fields(cls) if f.init]
         obj = self._obj(value, where, ("op",), tuple(names))
-        kwargs = {name: self.field(obj[name], f"{where} {name}") for name in names if name in obj}
+        kwargs = {name: self.operand(obj[name], f"{where} {name}") for name in names if name in obj}
         try:
             return cls(**kwargs)
         except TypeError as exc:  # a field missing from the file
             raise PlanError(f"deserialize: {where}: {exc}") from None
 
-    def field(self, value: Any, where: str) -> Any:
+    def operand(self, value: Any, where: str) -> Any:
         if isinstance(value, dict):
             if "op" in value:
                 return self.node(value, where)
@@ -569,10 +569,10 @@ class _Reader:
             if set(value) == {"expr"}:
                 return self.expr(value["expr"], where)
             if set(value) == {"tuple"} and isinstance(value["tuple"], list):
-                return tuple(self.field(v, where) for v in value["tuple"])
+                return tuple(self.operand(v, where) for v in value["tuple"])
             raise PlanError(f"deserialize: {where}: unexpected object with keys {sorted(value)}")
         if isinstance(value, list):
-            return tuple(self.field(v, where) for v in value)
+            return tuple(self.operand(v, where) for v in value)
         return self._scalar(value, where)
 
     def call(self, value: Any, k: int, where: str, n_inputs: int) -> Call:

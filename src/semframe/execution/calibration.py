@@ -1,0 +1,292 @@
+"""The statistics behind approximate steps: a certified confidence threshold, and audit intervals.
+
+An approximate step (``classify(..., approx=sf.Target(accuracy=0.9, confidence=0.95))``) lets a
+cheap *proxy* answer the rows it is confident about and asks the step's own engine (the *oracle*)
+for the rest. This module decides, from a calibration sample the oracle answered, how confident
+"confident" must be. Pure functions over plain arrays; no engine, no plan.
+
+What is implemented (and what is guaranteed)
+--------------------------------------------
+Given calibration rows drawn at random from the step's rows -- rows the proxy was **not** trained
+on -- each with the proxy's score ``s_i`` and whether the proxy agreed with the oracle
+(``correct_i``), :func:`certify_threshold` tests a fixed, descending sequence of thresholds
+``t_1 > t_2 > ...`` (:data:`THRESHOLDS`, chosen before any data is seen). At each ``t`` the null
+hypothesis is "the proxy's accuracy over the rows with score >= t is below the target"; it is
+rejected when the one-sided Clopper-Pearson lower confidence bound (level ``confidence``) of
+that accuracy, from the ``n_t`` calibration rows with score >= t of which ``k_t`` are correct,
+is at least the target. Testing stops at the first threshold that is not rejected; the chosen
+threshold is the last rejected one (the lowest certified). This is **fixed-sequence testing**:
+each test is run at the full level ``alpha = 1 - confidence`` and the family-wise error is still
+at most ``alpha``, because a false certification can only happen at the first true null in the
+sequence, which is reached (and wrongly rejected) with probability at most ``alpha``. Thresholds
+with too few calibration rows above them to certify even if every one were correct are passed
+over without a test; that rule reads only the scores, never whether the answers were right.
+
+The guarantee, stated precisely: with probability at least ``confidence`` over the random
+calibration sample, the proxy's accuracy (agreement with the oracle) over the rows with score >=
+the chosen threshold is at least ``accuracy``. It is about the rows the proxy answers, not the
+whole column; rows the oracle answers (calibration rows and rows below the threshold) agree with
+the oracle by construction, so the combined column's agreement with the oracle is at least as
+high. The binomial bound treats the calibration rows above ``t`` as independent draws from the
+rows above ``t``; the sample is drawn without replacement from a finite table, for which the
+binomial bound is conservative. If no threshold certifies, the proxy answers nothing.
+
+This is the recipe of SUPG (Kang et al., "Approximate Selection with Guarantees using Proxies",
+VLDB 2020: sample the oracle, pick a proxy-score threshold with a finite-sample confidence
+bound) with the multiple-threshold correction of BARGAIN (Zeighami et al., 2025, which tests
+candidate thresholds in a fixed order, as Learn-then-Test does) -- simplified: a fixed threshold
+grid and exact Clopper-Pearson bounds (``scipy.stats.beta``, imported where used) rather than
+BARGAIN's adaptive sampling and tighter betting-based bounds.
+
+:func:`wilson_interval` and :func:`clopper_pearson_interval` report the agreement an audit
+measured (``RunResult.audit``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def _grid() -> tuple[float, ...]:
+    fine = [1.0 - 10.0 ** (-e / 4) for e in range(16, 3, -1)]  # 0.9999 ... 0.9 (log-spaced near 1)
+    coarse = [round(0.9 - 0.01 * i, 2) for i in range(1, 91)]  # 0.89 ... 0.0
+    return tuple(sorted({round(t, 6) for t in fine + coarse} | {1.0}, reverse=True))
+
+
+#: The fixed, descending sequence of score thresholds :func:`certify_threshold` tests.
+THRESHOLDS: tuple[float, ...] = _grid()
+
+
+def clopper_pearson_lower(k: int, n: int, confidence: float) -> float:
+    """One-sided lower confidence bound of a binomial proportion from ``k`` successes in ``n``.
+
+    ``P(p >= bound) >= confidence`` for every true ``p`` (exact, conservative).
+
+    >>> round(clopper_pearson_lower(95, 100, 0.95), 3)
+    0.898
+    """
+    if n <= 0 or k <= 0:
+        return 0.0
+    from scipy.stats import beta
+
+    return float(beta.ppf(1.0 - confidence, k, n - k + 1))
+
+
+def clopper_pearson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Two-sided exact interval of a binomial proportion (``(0, 1)`` when ``n == 0``)."""
+    if n <= 0:
+        return 0.0, 1.0
+    from scipy.stats import beta
+
+    a = (1.0 - confidence) / 2
+    low = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
+    return low, high
+
+
+def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (``(0, 1)`` when ``n == 0``)."""
+    if n <= 0:
+        return 0.0, 1.0
+    from scipy.stats import norm
+
+    z = float(norm.ppf(1 - (1 - confidence) / 2))
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return low, high
+
+
+def min_rows_to_certify(accuracy: float, confidence: float) -> int:
+    """The fewest rows that can certify ``accuracy`` at all (all of them correct):
+    the smallest ``n`` with ``accuracy ** n <= 1 - confidence``."""
+    return max(1, math.ceil(math.log(1.0 - confidence) / math.log(accuracy)))
+
+
+def default_min_rows(accuracy: float, confidence: float) -> int:
+    """The fewest calibration rows above a threshold before it is tested: twice the fewest that
+    could certify at all, and at least 50."""
+    return max(50, 2 * min_rows_to_certify(accuracy, confidence))
+
+
+@dataclass(frozen=True)
+class Certification:
+    """What :func:`certify_threshold` found.
+
+    Attributes
+    ----------
+    threshold
+        The lowest certified score threshold; None when none certified (the proxy answers nothing).
+    accuracy, confidence
+        The target.
+    calibration_rows
+        Calibration rows used (with a proxy answer and an oracle answer).
+    rows_above, correct_above, lower_bound
+        At the chosen threshold: calibration rows with score >= it, how many the proxy got right,
+        and the certified lower bound of its accuracy (None when nothing certified).
+    tested
+        ``(threshold, rows_above, correct_above, lower_bound, certified)`` for each threshold tested,
+        in test order (the last one is the first failure, if any).
+    """
+
+    threshold: float | None
+    accuracy: float
+    confidence: float
+    calibration_rows: int
+    rows_above: int = 0
+    correct_above: int = 0
+    lower_bound: float | None = None
+    tested: tuple[tuple[float, int, int, float, bool], ...] = field(default=(), repr=False)
+
+    @property
+    def certified(self) -> bool:
+        return self.threshold is not None
+
+    def describe(self) -> str:
+        if self.threshold is None:
+            return (f"no threshold certified accuracy >= {self.accuracy:g} at confidence {self.confidence:g} "
+                    f"from {self.calibration_rows} calibration rows: the oracle answers every row")
+        return (f"threshold {self.threshold:.4g}: {self.correct_above}/{self.rows_above} calibration rows right, "
+                f"accuracy >= {self.lower_bound:.3f} at confidence {self.confidence:g} "
+                f"(target {self.accuracy:g})")
+
+
+def certify_threshold(scores: Sequence[float] | np.ndarray, correct: Sequence[bool] | np.ndarray, *,
+                      accuracy: float, confidence: float,
+                      thresholds: Sequence[float] = THRESHOLDS, min_rows: int | None = None) -> Certification:
+    """The lowest score threshold at which the proxy's accuracy is certified (see the module doc).
+
+    Parameters
+    ----------
+    scores
+        The proxy's score of each calibration row (higher: more confident).
+    correct
+        Whether the proxy's answer equals the oracle's, per calibration row.
+    accuracy, confidence
+        The target: accuracy over the rows at or above the threshold, with this confidence.
+    thresholds
+        The sequence to test, highest first (fixed before seeing data; default :data:`THRESHOLDS`).
+    min_rows
+        Thresholds with fewer calibration rows above them are passed over untested (default:
+        :func:`default_min_rows`). Testing only where enough rows lie above keeps one unlucky
+        error among the few most confident rows from ending the sequence; the rule reads only the
+        scores, so it does not weaken the guarantee.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> s = rng.uniform(size=400); ok = rng.uniform(size=400) < s      # right more often when confident
+    >>> c = certify_threshold(s, ok, accuracy=0.9, confidence=0.95)
+    >>> c.certified and c.lower_bound >= 0.9
+    True
+    >>> certify_threshold(s, np.zeros(400, bool), accuracy=0.9, confidence=0.95).certified
+    False
+    """
+    s = np.asarray(scores, dtype=float)
+    ok = np.asarray(correct, dtype=bool)
+    if s.shape != ok.shape:
+        raise ValueError(f"scores and correct differ in length ({s.size} vs {ok.size})")
+    if not 0.0 < accuracy < 1.0 or not 0.0 < confidence < 1.0:
+        raise ValueError(f"accuracy and confidence must be in (0, 1), got {accuracy}, {confidence}")
+    if any(a <= b for a, b in zip(thresholds, thresholds[1:])):
+        raise ValueError("thresholds must be strictly decreasing")
+    need = max(min_rows_to_certify(accuracy, confidence), default_min_rows(accuracy, confidence)
+               if min_rows is None else min_rows)
+    tested: list[tuple[float, int, int, float, bool]] = []
+    best: tuple[float, int, int, float] | None = None
+    for t in thresholds:
+        above = s >= t
+        n = int(above.sum())
+        if n < need:
+            continue  # cannot certify even if all were right: passed over (reads scores only)
+        k = int(ok[above].sum())
+        bound = clopper_pearson_lower(k, n, confidence)
+        passed = bound >= accuracy
+        tested.append((float(t), n, k, bound, passed))
+        if not passed:
+            break
+        best = (float(t), n, k, bound)
+    if best is None:
+        return Certification(None, accuracy, confidence, int(s.size), tested=tuple(tested))
+    t, n, k, bound = best
+    return Certification(t, accuracy, confidence, int(s.size), n, k, bound, tuple(tested))
+
+
+def default_sample_size(rows: int) -> int:
+    """Calibration rows asked of the oracle by default: a fifth of the rows, at least 200 (or all
+    rows), at most 2,000."""
+    return min(rows, max(200, min(2000, math.ceil(0.2 * rows))))
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """What :meth:`RunResult.audit` found: the oracle re-asked for ``checked`` approximated cells.
+
+    ``interval`` is a Clopper-Pearson interval of the agreement at ``confidence``; ``wilson`` the
+    Wilson interval. ``details``: one row per checked cell (``step``, ``row``, ``source``,
+    ``score``, ``approx``, ``oracle``, ``agree``).
+    """
+
+    approximated: int
+    checked: int
+    agreed: int
+    confidence: float
+    interval: tuple[float, float]
+    wilson: tuple[float, float]
+    details: Any = field(default=None, repr=False)
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agreed / self.checked if self.checked else None
+
+    def __str__(self) -> str:
+        if not self.checked:
+            return f"approximation audit: {self.approximated} approximated cells, none checked"
+        lo, hi = self.interval
+        return (f"approximation audit: {self.checked} of {self.approximated} approximated cells re-asked, "
+                f"{self.agreed} agree with the oracle ({self.agreement:.1%}; {self.confidence:.0%} CI "
+                f"{lo:.1%}-{hi:.1%})")
+
+
+def audit_agreement(pools: Sequence[Any], k: int, *, seed: int = 0, confidence: float = 0.95) -> AuditReport:
+    """Ask the oracle about ``k`` random approximated cells of ``pools`` and count agreement.
+
+    Each pool (one per approximate step, kept in the step's metrics notes as ``"approx_audit"``)
+    has ``step``, ``engine`` (the oracle), ``requests``, ``rows``, ``values``, ``scores`` and
+    ``sources`` for the cells a proxy answered. The requests go to the oracle engine directly
+    (no cache: the audit measures, it does not reuse).
+    """
+    import random
+
+    import polars as pl
+
+    cells = [(p, i) for p in pools for i in range(len(p.requests))]
+    chosen = random.Random(seed).sample(cells, min(k, len(cells))) if k > 0 else []
+    rows: list[dict[str, Any]] = []
+    by_pool: dict[int, list[int]] = {}
+    for p, i in chosen:
+        by_pool.setdefault(id(p), []).append(i)
+    for p in pools:
+        picked = by_pool.get(id(p), [])
+        if not picked:
+            continue
+        answers = p.engine.generate([p.requests[i] for i in picked])
+        for i, comp in zip(picked, answers):
+            fresh = comp.value if comp.ok else None
+            rows.append({"step": p.step, "row": p.rows[i], "source": p.sources[i], "score": p.scores[i],
+                         "approx": p.values[i], "oracle": fresh, "agree": fresh == p.values[i]})
+    agreed = sum(r["agree"] for r in rows)
+    schema = {"step": pl.Int32, "row": pl.Int64, "source": pl.String, "score": pl.Float64, "approx": pl.String,
+              "oracle": pl.String, "agree": pl.Boolean}
+    details = pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
+    return AuditReport(len(cells), len(rows), agreed, confidence,
+                       clopper_pearson_interval(agreed, len(rows), confidence),
+                       wilson_interval(agreed, len(rows), confidence), details)

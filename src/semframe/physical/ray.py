@@ -1,0 +1,463 @@
+"""Run a plan's row-wise semantic steps on Ray Data: :class:`RayExecutor`.
+
+``plan.collect(executor=sf.RayExecutor(num_actors=2))`` plans the query exactly as a local run
+does (same optimizer, same physical operators), then runs each row-wise semantic step
+(classify, filter, extract, map) on a pool of Ray Data actors:
+
+1. the driver runs everything below the step with polars (the local operators) and gathers the
+   step's input (a frame and its provenance ids);
+2. it renders the step's prompts and builds the requests (the same ``RequestBuilder``), and
+   keeps one request per distinct request key -- the cluster-wide dedup: a text repeated on
+   many rows is asked once, whichever actor would have got it;
+3. those distinct requests go to Ray as Arrow blocks (``ray.data.from_arrow``, at least one
+   block per actor); ``map_batches`` with an actor pool (``ActorPoolStrategy(size=n)``) answers
+   them: each actor builds its engine once, from an engine *spec* (an engine name such as
+   ``"deterministic"`` or a model path, or a function that makes the engine: engines are never
+   pickled) and answers through its own :class:`~semframe.execution.resolver.AnswerResolver`
+   over the shared exact cache (the DuckDB store hands its lock between processes);
+4. every answer comes back as data -- a pickled :class:`~semframe.execution.lineage.Outcome` per
+   request and the batch's engine counters -- and the driver joins the answers back to the
+   rows (repeats become ``dedup`` rows naming the row first asked, as locally), records lineage
+   and metrics into the run's recorder, and builds the step's output with the operator's own
+   ``emit_outcomes``;
+5. the relational steps above run on the driver, as locally.
+
+So the same plan gives the same answers, lineage and engine-request counts on both executors
+(tests/ray/ checks this). What is not built yet is listed in docs/scale-out.md: budgets across
+the cluster, a cache for workers on several machines, join/aggregate/ranking steps on Ray,
+relational steps as Ray operations, streaming (a step's input is gathered on the driver).
+
+An actor that dies (a killed process, a lost node) is restarted by Ray and its batch retried
+(``max_restarts`` / ``max_task_retries``); no row is ever dropped (``max_errored_blocks`` is never
+used, and the driver checks that every request came back).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import polars as pl
+
+from semframe import config
+from semframe.engines.base import Engine
+from semframe.errors import PlanError
+from semframe.execution.context import RunContext, RunOptions
+from semframe.execution.lineage import LineageRecorder, Outcome, StepMetrics
+from semframe.execution.provenance import Batch, scalar_ids
+from semframe.execution.render import render_texts
+from semframe.execution.resolver import AnswerResolver, StepInfo
+from semframe.physical.base import EstimateContext, EstState, PhysicalOp
+from semframe.physical.executor import execute, prepare
+from semframe.physical.semantic import RowOperator, SemanticOperator, gather
+
+#: Counters an actor reports per batch (the rest of a step's metrics come from its outcomes).
+_BATCH_COUNTERS = ("engine_batches", "engine_retries", "engine_failures", "cache_rejects")
+
+
+class RayExecutor:
+    """Runs plans with their row-wise semantic steps on a Ray Data actor pool.
+
+    Parameters
+    ----------
+    num_actors
+        Actors per semantic step; each builds one engine (one model replica).
+    num_cpus_per_actor, num_gpus_per_actor
+        Ray resources each actor asks for (``num_gpus_per_actor=1``: one replica per GPU).
+    batch_size
+        Requests per actor call (one engine batch); None: the run's ``batch_size``.
+    address
+        The Ray cluster to join (``"auto"``: the one ``ray start --head`` started on this
+        machine). None: the Ray already initialized in this process, else a local cluster bound to
+        loopback only, with its files in a temporary directory, started on first use and stopped
+        by :meth:`shutdown` (or at exit).
+    engine
+        The engine spec the actors build: an engine name (``"deterministic"``, a model folder, an
+        OpenAI-compatible URL, a name registered with ``sf.configure(engines=...)`` whose entry is
+        a function) or a function of no arguments that returns an engine. None: the run's
+        ``engine=`` argument, else the configured engine, else the default vLLM engine.
+    max_retries
+        Restarts of a dead actor, and retries of its batch (finite, so a batch that kills every
+        actor it reaches fails the run instead of looping).
+    retry_on_errors
+        Also retry a batch whose actor raised (Ray Data's ``actor_task_retry_on_errors``): True,
+        or a list of exception types. Engine errors never reach Ray: the resolver turns them into
+        null answers with a reason (``on_error="null"``) as in a local run.
+    blocks_per_actor
+        Arrow blocks per actor (more blocks: finer load balancing, more calls).
+    cpus
+        CPUs of the local cluster (None: Ray's default, every core); ignored with ``address``.
+
+    Examples
+    --------
+    >>> import polars as pl, semframe as sf
+    >>> ex = sf.RayExecutor(num_actors=2)  # starts nothing until a plan runs
+    >>> ex.num_actors
+    2
+    """
+
+    def __init__(self, num_actors: int = 2, num_cpus_per_actor: float = 1, batch_size: int | None = None,
+                 address: str | None = None, *, engine: Any = None, num_gpus_per_actor: float = 0,
+                 max_retries: int = 3, retry_on_errors: bool | list[type] = False, blocks_per_actor: int = 2,
+                 cpus: int | None = None):
+        for name, value, low in (("num_actors", num_actors, 1), ("blocks_per_actor", blocks_per_actor, 1),
+                                 ("max_retries", max_retries, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"RayExecutor: {name} must be an integer >= {low}, got {value!r}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise ValueError(f"RayExecutor: batch_size must be a positive integer or None, got {batch_size!r}")
+        self.num_actors = num_actors
+        self.num_cpus_per_actor = num_cpus_per_actor
+        self.num_gpus_per_actor = num_gpus_per_actor
+        self.batch_size = batch_size
+        self.address = address
+        self.engine = engine
+        self.max_retries = max_retries
+        self.retry_on_errors = retry_on_errors
+        self.blocks_per_actor = blocks_per_actor
+        self.cpus = cpus
+        self._temp_dir: str | None = None  # set when this executor started a local cluster
+
+    def __repr__(self) -> str:
+        where = self.address or "local"
+        return f"RayExecutor(num_actors={self.num_actors}, address={where!r})"
+
+    # ------------------------------------------------------------------ the cluster
+
+    def connect(self) -> None:
+        """Join the cluster (or start the local one); a no-op when Ray is already initialized."""
+        if self.address is None and "ray" not in sys.modules:
+            # Read when ray is imported: without it a local cluster binds every interface and
+            # advertises the machine's external address (measured: ../shared/DESIGN.md).
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        import ray
+
+        if ray.is_initialized():
+            return
+        if self.address is not None:
+            ray.init(address=self.address, include_dashboard=False, configure_logging=False, log_to_driver=False)
+            return
+        from ray._private import ray_constants
+
+        if ray_constants.ENABLE_RAY_CLUSTER:
+            raise PlanError("RayExecutor: ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set, so "
+                            "a local cluster would listen on every interface; set it before importing ray, or "
+                            "call ray.init() yourself, or pass address=")
+        self._temp_dir = tempfile.mkdtemp(prefix="semframe-ray-")
+        ray.init(num_cpus=self.cpus, include_dashboard=False, _temp_dir=self._temp_dir,
+                 configure_logging=False, log_to_driver=False)
+
+    def shutdown(self) -> None:
+        """Stop the local cluster this executor started (a cluster it joined keeps running)."""
+        if self._temp_dir is None:
+            return
+        import ray
+
+        ray.shutdown()
+        shutil.rmtree(self._temp_dir, ignore_errors=True)
+        self._temp_dir = None
+
+    # ------------------------------------------------------------------ running a plan
+
+    def run(self, plan: Any, *, engine: Any = None, max_cost: float | None = None, max_tokens: int | None = None,
+            sink: Any = None, **options: Any) -> Any:
+        """Run ``plan`` (a logical plan) and return its :class:`~semframe.RunResult`."""
+        if max_cost is not None or max_tokens is not None:
+            raise PlanError("RayExecutor: budgets (max_cost, max_tokens) across a Ray cluster are not built yet; "
+                            "run without executor= to use them")
+        opts = RunOptions.resolve(config.settings, **options)
+        if opts.progress:
+            opts = opts.with_(progress=False)  # the cluster's progress in the driver is not built yet
+        plan, root = prepare(plan, opts)
+        run_engine = self.engine if self.engine is not None else engine
+        if run_engine is None:
+            run_engine = config.settings.engine
+        state = _RunState(self, opts)
+        root = self._distribute(root, run_engine, state)
+        if state.steps:
+            self.connect()
+        recorder = LineageRecorder(enabled=opts.lineage)
+        # The driver never asks an engine: its resolver has none (the actors have theirs).
+        ctx = RunContext(engine=None, options=opts, recorder=recorder, progress=None,
+                         resolver=AnswerResolver(None, recorder=recorder))
+        result = execute(root, ctx, plan, sink)
+        result.engine_model = state.model
+        return result
+
+    def _distribute(self, op: PhysicalOp, run_engine: Any, state: _RunState) -> PhysicalOp:
+        """The operator tree with every row-wise semantic step replaced by its Ray form."""
+        op.inputs = tuple(self._distribute(child, run_engine, state) for child in op.inputs)
+        if isinstance(op, RowOperator):
+            node = op.node
+            where = f"RayExecutor: step {op.index} ({node.operator})"
+            if not op.dedupe:
+                raise PlanError(f"{where}: steps that ask every row (temperature > 0 or dedupe=False) do not run "
+                                "on Ray yet; run them without executor=")
+            if node.semantic_cache is not None:
+                raise PlanError(f"{where}: the semantic cache does not run on Ray yet; run without executor= or "
+                                "drop semantic_cache=")
+            ref = node.engine if node.engine is not None else run_engine
+            step = RayRowStep(op, state, engine_spec(ref, where), memo_key=_memo_key(node.engine))
+            state.steps.append(step)
+            return step
+        if isinstance(op, SemanticOperator):
+            raise PlanError(f"RayExecutor: step {op.index} ({op.node.operator}) does not run on Ray yet (only "
+                            "classify, filter, extract and map do); run the plan without executor=")
+        return op
+
+
+class _RunState:
+    """What the Ray steps of one run share: the executor, the options, the cross-step memo."""
+
+    def __init__(self, executor: RayExecutor, options: RunOptions):
+        self.executor = executor
+        self.options = options
+        self.steps: list[RayRowStep] = []
+        self.model = ""
+        #: (engine, request key) -> (outcome, step, first row id), bounded like the resolver's memo.
+        self.memo: OrderedDict[tuple[Any, str], tuple[Outcome, int, int | None]] = OrderedDict()
+
+
+def _memo_key(engine: Any) -> Any:
+    """Which memo a step's answers go to: the run engine's (None) or its own engine's."""
+    return None if engine is None else (engine if isinstance(engine, str) else id(engine))
+
+
+def engine_spec(ref: Any, where: str = "RayExecutor") -> Any:
+    """What an actor rebuilds its engine from: a name, or a function of no arguments.
+
+    An engine *object* cannot be sent to an actor (a vLLM engine holds a model and processes):
+    give its name, model path or URL, or a function that makes it.
+    """
+    if ref is None:
+        return "default"
+    if isinstance(ref, Engine):
+        raise PlanError(f"{where}: an engine object cannot be sent to Ray actors (each actor builds its own); "
+                        "pass a name ('deterministic', a model folder, a server URL) or a function that makes the "
+                        "engine, e.g. engine=lambda: sf.DeterministicEngine(responder=...)")
+    if isinstance(ref, str):
+        registered = config.settings.engines.get(ref)
+        if registered is None:
+            from semframe.engines.registry import check_engine
+
+            check_engine(ref, where)
+            return ref
+        ref = registered  # a registered name is only known in this process: send what it names
+        if isinstance(ref, Engine):
+            raise PlanError(f"{where}: engine name registered as an engine object; register a function that makes "
+                            "it (sf.configure(engines={name: lambda: ...})) so each actor can build its own")
+    if callable(ref):
+        return ref
+    raise PlanError(f"{where}: engine must be a name or a function that makes an engine, got {type(ref).__name__}")
+
+
+def build_engine(spec: Any) -> Engine:
+    """The engine an actor answers with (see :func:`engine_spec`)."""
+    from semframe.engines.registry import engine_by_name, resolve_engine
+
+    if isinstance(spec, str):
+        return resolve_engine(None) if spec == "default" else engine_by_name(spec)
+    engine = spec()
+    if not isinstance(engine, Engine):
+        raise PlanError(f"RayExecutor: the engine function returned {type(engine).__name__}, not an Engine")
+    return engine
+
+
+class RayRowStep(PhysicalOp):
+    """One row-wise semantic step whose requests are answered by a Ray Data actor pool."""
+
+    def __init__(self, inner: RowOperator, state: _RunState, spec: Any, memo_key: Any = None):
+        super().__init__(inner.node, inner.inputs)
+        self.inner = inner
+        self.state = state
+        self.spec = spec
+        self.memo_key = memo_key
+        self.index = inner.index
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()} on Ray ({self.state.executor.num_actors} actors)"
+
+    def detail_lines(self) -> list[str]:
+        return self.inner.detail_lines()
+
+    def estimate(self, est: EstimateContext) -> EstState:
+        self.inner.inputs = self.inputs
+        return self.inner.estimate(est)
+
+    def execute(self, ctx: RunContext) -> Iterator[Batch]:
+        inner, node = self.inner, self.inner.node
+        inner.inputs = self.inputs
+        metrics = StepMetrics(step=inner.index, operator=node.operator, column=node.output_name)
+        ctx.metrics.append(metrics)
+        info = inner.step_info(metrics, None)
+        batch = gather(self.inputs[0], ctx)
+        start = time.perf_counter()
+        texts, reasons = render_texts(node.template, batch.frame)
+        requests = inner.builder.build_all(texts)
+        ids = scalar_ids(batch.ids)
+        row_id: Callable[[int], Any] = (lambda i: ids[i]) if ids is not None else (lambda i: None)
+        groups: dict[str, list[int]] = {}
+        for i, req in enumerate(requests):
+            if req is not None:
+                groups.setdefault(req.key, []).append(i)
+        outcomes: list[Outcome | None] = [None] * len(requests)
+        memo, opts = self.state.memo, self.state.options
+        ask: list[str] = []
+        for key, rows in groups.items():
+            hit = memo.get((self.memo_key, key))
+            if hit is not None and not (info.probabilities and hit[0].probabilities is None):
+                source = hit[2] if hit[1] == inner.index else None
+                reused = _reused(hit[0], key, source)
+                for i in rows:
+                    outcomes[i] = reused
+                continue
+            ask.append(key)
+            if ctx.recorder.enabled:
+                ctx.recorder.remember_prompt(requests[rows[0]])  # type: ignore[arg-type]
+        if ask:
+            answers, counters = self._ask_cluster(info, [texts[groups[k][0]] for k in ask],  # type: ignore[misc]
+                                                  [row_id(groups[k][0]) for k in ask], ask)
+            for name in _BATCH_COUNTERS:
+                setattr(metrics, name, getattr(metrics, name) + counters.get(name, 0))
+            if counters.get("pricing") is not None and metrics.pricing is None:
+                metrics.pricing = counters["pricing"]
+            for key, answer in zip(ask, answers):
+                rows = groups[key]
+                first = rows[0]
+                outcomes[first] = answer
+                if len(rows) > 1:
+                    reused = _reused(answer, key, row_id(first))
+                    for i in rows[1:]:
+                        outcomes[i] = reused
+                memo[(self.memo_key, key)] = (answer, inner.index, row_id(first))
+                if len(memo) > opts.memo_size:
+                    memo.popitem(last=False)
+        done = [o if o is not None else Outcome(None, "skipped", error=reasons[i] if reasons else "no request")
+                for i, o in enumerate(outcomes)]
+        ctx.recorder.record(inner.index, node.operator, node.output_name, self.state.model, batch.ids, done)
+        metrics.add_all(done)
+        metrics.rows_in += batch.height
+        out = inner.emit_outcomes(batch, done)
+        metrics.rows_out += out.height
+        metrics.seconds += time.perf_counter() - start
+        size = ctx.options.batch_size
+        for offset in range(0, out.height, size):
+            yield out.slice(offset, size)
+
+    def _ask_cluster(self, info: StepInfo, texts: list[str], row_ids: list[Any],
+                     keys: list[str]) -> tuple[list[Outcome], dict[str, Any]]:
+        """Each distinct request answered once by the actor pool, in order, and the step's counters."""
+        import pyarrow as pa
+        import ray
+        import ray.data
+
+        ex, opts = self.state.executor, self.state.options
+        n = len(texts)
+        table = pa.table({
+            "pos": pa.array(range(n), pa.int64()),
+            "text": pa.array(texts, pa.string()),
+            "row_id": pa.array(row_ids, pa.uint32()) if all(r is None or isinstance(r, int) for r in row_ids)
+            else pa.nulls(n, pa.uint32()),
+            "key": pa.array(keys, pa.string()),
+        })
+        cache_dir = str(config.cache_dir().resolve()) if info.exact_cache and opts.cache else None
+        template = replace(info, metrics=StepMetrics(step=info.index, operator=info.operator, column=info.column),
+                           engine=None)
+        data_ctx = ray.data.DataContext.get_current()
+        saved = (data_ctx.execution_options.preserve_order, data_ctx.actor_task_retry_on_errors,
+                 data_ctx.enable_progress_bars)
+        try:
+            data_ctx.execution_options.preserve_order = True
+            data_ctx.actor_task_retry_on_errors = ex.retry_on_errors
+            data_ctx.enable_progress_bars = False
+            blocks = max(1, min(n, ex.num_actors * ex.blocks_per_actor))
+            ds = ray.data.from_arrow(table, override_num_blocks=blocks)
+            ds = ds.map_batches(
+                StepActor,
+                fn_constructor_kwargs={"engine_spec": self.spec, "builder": self.inner.builder, "info": template,
+                                       "cache_dir": cache_dir, "on_error": opts.on_error,
+                                       "memo_size": opts.memo_size},
+                batch_size=ex.batch_size or opts.batch_size, batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=ex.num_actors),
+                num_cpus=ex.num_cpus_per_actor, num_gpus=ex.num_gpus_per_actor or None,
+                max_restarts=ex.max_retries, max_task_retries=ex.max_retries,
+            )
+            parts = ray.get(ds.to_arrow_refs())
+        finally:
+            (data_ctx.execution_options.preserve_order, data_ctx.actor_task_retry_on_errors,
+             data_ctx.enable_progress_bars) = saved
+        answers: list[Outcome | None] = [None] * n
+        counters: dict[str, Any] = {}
+        for part in parts:
+            for pos, blob, stats in zip(part.column("pos").to_pylist(), part.column("outcome").to_pylist(),
+                                        part.column("stats").to_pylist()):
+                if answers[pos] is not None:
+                    raise RuntimeError(f"RayExecutor: request {pos} of step {info.index} came back twice")
+                answers[pos] = pickle.loads(blob)
+                if stats is not None:
+                    batch_stats = pickle.loads(stats)
+                    for name in _BATCH_COUNTERS:
+                        counters[name] = counters.get(name, 0) + batch_stats[name]
+                    counters.setdefault("pricing", batch_stats["pricing"])
+                    if not self.state.model:
+                        self.state.model = batch_stats["model"]
+        missing = [i for i, a in enumerate(answers) if a is None]
+        if missing:  # never silently: a lost row is a failed run
+            raise RuntimeError(f"RayExecutor: {len(missing)} of {n} requests of step {info.index} did not come "
+                               "back from the actors")
+        return answers, counters  # type: ignore[return-value]
+
+
+def _reused(answer: Outcome, key: str, source_row_id: Any) -> Outcome:
+    """A repeat's outcome: the first row's answer, free (as the resolver's dedup makes it)."""
+    return Outcome(answer.value, "dedup", key, answer.raw_output, answer.error, answer.finish_reason,
+                   source_row_id=source_row_id, probabilities=answer.probabilities)
+
+
+class StepActor:
+    """A Ray Data actor: one engine, built once, answering one step's requests per Arrow batch
+    through an :class:`~semframe.execution.resolver.AnswerResolver` over the shared exact cache."""
+
+    def __init__(self, engine_spec: Any, builder: Any, info: StepInfo, cache_dir: str | None, on_error: str,
+                 memo_size: int):
+        self.engine = build_engine(engine_spec)
+        self.builder = builder
+        self.info = info
+        cache = None
+        if cache_dir is not None:
+            from semframe.cache import open_exact_cache
+
+            cache = open_exact_cache(cache_dir)
+        self.resolver = AnswerResolver(self.engine, exact_cache=cache, on_error=on_error, memo_size=memo_size)
+
+    def __call__(self, table: Any) -> Any:
+        import pyarrow as pa
+
+        texts = table.column("text").to_pylist()
+        requests = [self.builder.build(t) for t in texts]
+        for req, key in zip(requests, table.column("key").to_pylist()):
+            if req.key != key:  # the driver and the actor must build the very same request
+                raise RuntimeError("RayExecutor: an actor built a different request than the driver")
+        metrics = StepMetrics(step=self.info.index, operator=self.info.operator, column=self.info.column)
+        info = replace(self.info, metrics=metrics)
+        outcomes = self.resolver.resolve(info, requests, texts, table.column("row_id").to_pylist())
+        stats = {name: getattr(metrics, name) for name in _BATCH_COUNTERS}
+        stats["pricing"] = metrics.pricing
+        stats["model"] = self.engine.model
+        n = len(outcomes)
+        blobs = [pickle.dumps(o) for o in outcomes]
+        return pa.table({
+            "pos": table.column("pos"),
+            "outcome": pa.array(blobs, pa.binary()),
+            "stats": pa.array([pickle.dumps(stats)] + [None] * (n - 1), pa.binary()),
+        })

@@ -1,0 +1,166 @@
+"""The Ray executor: the same plan gives the same answers, lineage and engine requests on Ray Data
+as locally; the shared cache makes a rerun free; a killed actor loses no row; the local cluster
+listens on loopback only.
+
+Each Ray Data execution starts its actors (a few seconds each on 2 cores), so the tests share
+plans and keep their number small.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import semframe as sf
+
+pytestmark = pytest.mark.ray
+
+ray = pytest.importorskip("ray")
+
+#: Lineage columns that must agree (latency is wall time, which differs run to run).
+LINEAGE = ["row_id", "step", "operator", "column", "request_key", "model", "source", "source_row_id",
+           "raw_output", "value", "probabilities", "error", "finish_reason", "prompt_tokens", "output_tokens",
+           "attempts"]
+METRICS = ["step", "operator", "rows_in", "rows_out", "engine_requests", "dedup_hits", "exact_cache_hits",
+           "skipped", "errors", "prompt_tokens", "output_tokens"]
+
+
+def _frame(n: int = 60) -> pl.DataFrame:
+    titles = [None if i == 7 else f"Battle number {i % 23}" for i in range(n)]  # repeats and a null
+    return pl.DataFrame({"title": titles, "year": list(range(1800, 1800 + n))})
+
+
+def _plan(df: pl.DataFrame):
+    schema = {"place": str, "year": int}
+    return (df.lazy().filter(pl.col("year") > 1802)
+            .semantic.classify("title", ["EU", "ASIA", "OTHER"], name="region")
+            .semantic.extract("title", schema, name="facts")
+            .semantic.filter("Is {title} ({region}) famous?")
+            .with_columns(pl.col("year") + 1)
+            .head(25))
+
+
+def _same(local: sf.RunResult, remote: sf.RunResult) -> None:
+    assert remote.df.equals(local.df)
+    assert remote.row_ids.equals(local.row_ids)
+    key = ["step", "row_id"]
+    assert remote.lineage.select(LINEAGE).sort(key, nulls_last=True).equals(
+        local.lineage.select(LINEAGE).sort(key, nulls_last=True))
+    assert remote.metrics.select(METRICS).equals(local.metrics.select(METRICS))
+    assert dict(remote.prompts) == dict(local.prompts)
+
+
+def test_same_answers_lineage_and_engine_requests_as_local(ray_cluster):
+    plan = _plan(_frame())
+    local = plan.run("deterministic", cache=False)
+    remote = plan.run("deterministic", cache=False, executor=sf.RayExecutor(num_actors=2, batch_size=8))
+    _same(local, remote)
+    m = remote.metrics
+    assert m["engine_requests"].to_list()[0] == 22  # 23 distinct titles, minus those the year filter drops
+    assert m["dedup_hits"].sum() > 0 and m["skipped"].sum() > 0  # the repeats and the null were there
+    assert remote.complete and remote.engine_model == "deterministic-v1"
+
+
+def test_a_rerun_is_answered_by_the_shared_cache(ray_cluster):
+    plan = _frame(40).lazy().semantic.classify("title", ["YES", "NO"], name="c")
+    executor = sf.RayExecutor(num_actors=2)
+    first = plan.run("deterministic", executor=executor)
+    again = plan.run("deterministic", executor=executor)
+    assert first.metrics["engine_requests"].item() == 23
+    assert again.metrics["engine_requests"].item() == 0
+    assert again.metrics["exact_cache_hits"].item() == 23
+    assert again.df.equals(first.df)
+    local = plan.run("deterministic")  # the local executor reads what the actors wrote
+    assert local.metrics["engine_requests"].item() == 0 and local.df.equals(first.df)
+
+
+def test_the_local_cluster_listens_on_loopback_only(ray_cluster):
+    psutil = pytest.importorskip("psutil")
+    me = psutil.Process()
+    ours = {me.pid} | {p.pid for p in me.children(recursive=True)}
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if str(ray_cluster) in " ".join(p.info["cmdline"] or []):
+            ours.add(p.info["pid"])  # a Ray process that was reparented
+    listening = [c for c in psutil.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN and c.pid in ours]
+    assert listening, "found no Ray process listening at all: the check would be vacuous"
+    bad = []
+    for c in listening:
+        addr = ipaddress.ip_address(c.laddr.ip)
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        if not addr.is_loopback:
+            bad.append((c.laddr, c.pid, psutil.Process(c.pid).name()))
+    assert not bad, f"Ray processes listen on non-loopback addresses: {bad}"
+
+
+def _responder_factory(log: str, marker: str | None):
+    """An engine factory (sent to the actors by value): it answers from the row's text, writes one
+    line per answer to ``log``, and -- once, if ``marker`` is given -- kills its own process in the
+    middle of a batch, as a preempted node would."""
+
+    def factory():
+        import os as _os
+
+        import semframe as _sf
+
+        def responder(request):
+            with open(log, "a") as f:
+                f.write("answer\n")
+            if marker is not None and not _os.path.exists(marker):
+                with open(log) as f:
+                    answered = sum(1 for _ in f)
+                if answered >= 3:
+                    open(marker, "w").close()
+                    _os._exit(1)  # no cleanup, no exception: the process is gone
+            number = int(request.prompt_text.rstrip().split()[-1])
+            return "YES" if number % 2 == 0 else "NO"
+
+        return _sf.DeterministicEngine(responder=responder)
+
+    return factory
+
+
+def test_a_killed_actor_is_replaced_and_no_row_is_lost(ray_cluster, tmp_path: Path):
+    df = _frame(60)
+    plan = df.lazy().semantic.classify("title", ["YES", "NO"], name="even")
+    log, marker = tmp_path / "answers.log", tmp_path / "killed"
+    batch = 5
+    remote = plan.run(_responder_factory(str(log), str(marker)), cache=False,
+                      executor=sf.RayExecutor(num_actors=2, batch_size=batch))
+    assert marker.exists(), "the actor was never killed: the test proves nothing"
+    expected = plan.run(_responder_factory(str(tmp_path / "local.log"), None)(), cache=False)
+    assert remote.df.height == df.height == expected.df.height
+    assert remote.df.equals(expected.df)
+    assert remote.metrics["engine_requests"].item() == 23
+    assert remote.df["even"].null_count() == 1  # only the null title
+    answered = len(log.read_text().splitlines())
+    assert 23 <= answered <= 23 + batch  # at most the killed batch was answered twice
+
+
+def test_engine_objects_budgets_and_other_steps_are_refused_clearly():
+    plan = _frame(5).lazy().semantic.classify("title", ["YES", "NO"])
+    executor = sf.RayExecutor(num_actors=1)
+    with pytest.raises(sf.PlanError, match="engine object cannot be sent"):
+        plan.run(sf.DeterministicEngine(), executor=executor)
+    with pytest.raises(sf.PlanError, match="budgets"):
+        plan.run("deterministic", max_cost=1.0, executor=executor)
+    with pytest.raises(sf.PlanError, match="ask every row"):
+        _frame(5).lazy().semantic.map("{title}", temperature=0.7).run("deterministic", executor=executor)
+    with pytest.raises(ValueError, match="num_actors"):
+        sf.RayExecutor(num_actors=0)
+
+
+def test_import_semframe_does_not_import_ray():
+    code = ("import sys, semframe as sf\n"
+            "ex = sf.RayExecutor(num_actors=2)\n"
+            "print('ray' in sys.modules)")
+    env = {k: v for k, v in os.environ.items()}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr
