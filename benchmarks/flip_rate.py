@@ -217,8 +217,10 @@ def main() -> None:
         "",
         table,
         "",
-        f"Time ratio, deterministic / bf16 (both runs of the table, one mode after the other): **{ratio:.2f}x**."
-        if ratio is not None else "",
+        f"Time ratio, deterministic / bf16 (both runs of the table, one mode after the other): **{ratio:.2f}x**. "
+        "Each mode ran in its own process, one after another, on a shared machine whose load changed "
+        "meanwhile: compare the table's times with care; the side-by-side ratio below (where measured) is "
+        "the one to quote." if ratio is not None else "",
         "",
         (f"Time ratio side by side (`--paired {side_by_side['rounds']}`: one process, both engines taking turns on "
          f"{side_by_side['rounds']} rounds of {side_by_side['records_per_round']} new records, so the machine's load "

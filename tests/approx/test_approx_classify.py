@@ -171,7 +171,7 @@ def test_cascade_with_a_good_proxy_saves_every_call_outside_the_sample() -> None
     small = _oracle(df, model="small")  # as good as the oracle, and sure (probability 1)
     result = _plan(df, proxy=small, sample=60).run(oracle)
     notes = result.step_metrics[0].notes
-    assert notes["approx"]["certified"] and notes["approx"]["threshold"] == 1.0
+    assert notes["approx"]["certified"] and notes["approx"]["threshold"] == 0.0  # every score is 1: all pass
     assert oracle.requests_seen == 60 and small.requests_seen == 300
     assert notes["cascade"]["engine_requests"] == 300
     lineage = result.lineage
@@ -222,3 +222,44 @@ def test_eager_and_pandas_frontends() -> None:
     pout = pdf.semantic.classify("title", TOPICS, name="topic", approx=sf.Target(sample=100),
                                  proxy=sf.HashingEmbedder(256), engine=oracle)
     assert list(pout.index) == list(pdf.index) and list(pout["topic"]) == out["topic"].to_list()
+
+
+# --------------------------------------------------------------------------- filter
+
+
+def test_approx_filter_keeps_the_rows_the_answers_say() -> None:
+    df = _data(600)
+    gold = dict(zip(df["title"], df["gold"]))
+    oracle = sf.DeterministicEngine(
+        responder=lambda r: "YES" if gold[r.prompt_text.rsplit("\n", 1)[-1].strip()] == "sport" else "NO")
+    plan = df.lazy().semantic.filter("{title}", instruction="Is this headline about sport?",
+                                     approx=sf.Target(accuracy=0.9, confidence=0.95), proxy=sf.HashingEmbedder(256))
+    assert "SEMANTIC FILTER" in plan.explain() and "approx accuracy >= 0.9" in plan.explain()
+    result = plan.run(oracle)
+    notes = result.step_metrics[0].notes["approx"]
+    lineage = result.lineage
+    assert notes["certified"] and lineage.height == 600
+    kept_ids = set(result.row_ids.to_list())
+    yes_ids = set(lineage.filter(pl.col("value") == "YES")["row_id"].to_list())
+    assert kept_ids == yes_ids and result.metrics["rows_out"][0] == len(kept_ids)
+    assert result.metrics["proxy_answers"][0] == lineage.filter(pl.col("source") == "proxy").height > 0
+    assert oracle.requests_seen == 600 - result.metrics["proxy_answers"][0]
+    agree = (result.df["gold"] == "sport").mean()
+    assert agree >= 0.9  # kept rows are mostly sport headlines
+    with pytest.raises(PlanError, match="semantic.filter: proxy= needs a target"):
+        df.lazy().semantic.filter("{title}", proxy=sf.HashingEmbedder())
+
+
+def test_a_plan_with_an_approximate_step_cannot_be_saved_yet() -> None:
+    with pytest.raises(PlanError, match="SemApproxClassify step cannot be saved"):
+        _plan(_data(20)).serialize()
+
+
+def test_a_table_no_larger_than_the_sample_is_all_oracle() -> None:
+    df = _data(50)
+    oracle = _oracle(df)
+    result = _plan(df).run(oracle)  # default sample: min(rows, 200) = every row
+    notes = result.step_metrics[0].notes["approx"]
+    assert oracle.requests_seen == 50 and not notes["certified"]
+    assert "the calibration sample is every row (50)" in notes["fallback"]
+    assert set(result.lineage["source"]) == {"calibration"}

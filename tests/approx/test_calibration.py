@@ -118,3 +118,49 @@ def test_bad_arguments() -> None:
         certify_threshold([0.5], [True], accuracy=1.0, confidence=0.9)
     with pytest.raises(ValueError, match="decreasing"):
         certify_threshold([0.5], [True], accuracy=0.9, confidence=0.9, thresholds=(0.1, 0.5))
+
+
+def test_hypergeometric_bound_covers_and_beats_the_binomial_one() -> None:
+    from semframe.execution.calibration import hypergeometric_lower
+
+    N, K, n = 1000, 900, 200
+    rng = np.random.default_rng(5)
+    population = np.zeros(N, bool)
+    population[:K] = True
+    draws = [int(population[rng.choice(N, n, replace=False)].sum()) for _ in range(2000)]
+    assert np.mean([hypergeometric_lower(k, n, N, 0.95) <= K for k in draws]) >= 0.95
+    # Sampling a large share of a small table: the exact finite bound is tighter.
+    assert hypergeometric_lower(180, 200, 250, 0.95) > clopper_pearson_lower(180, 200, 0.95) * 250
+    assert hypergeometric_lower(50, 50, 50, 0.95) == 50 and hypergeometric_lower(0, 10, 100, 0.95) == 0
+
+
+def test_table_guarantee_holds_for_the_rows_the_proxy_answers() -> None:
+    """With ``population``, the certified accuracy is about this table's rows outside the sample."""
+    target, confidence = 0.85, 0.9
+    table = np.random.default_rng(6)
+    s_all, ok_all = _simulated(table, 3000)
+    met, trials, certified = 0, 300, 0
+    for seed in range(trials):
+        pick = np.random.default_rng(seed + 100).choice(3000, 300, replace=False)
+        cal = np.zeros(3000, bool)
+        cal[pick] = True
+        cert = certify_threshold(s_all[cal], ok_all[cal], accuracy=target, confidence=confidence,
+                                 population=s_all)
+        if cert.threshold is None:
+            met += 1
+            continue
+        certified += 1
+        answered = ~cal & (s_all >= cert.threshold)
+        met += ok_all[answered].mean() >= target
+    assert certified > trials * 0.7 and met / trials >= confidence
+
+
+def test_known_rows_are_taken_out_of_the_table_bound() -> None:
+    s = np.full(100, 0.9)
+    ok = np.ones(100, bool)
+    pop = np.full(400, 0.9)
+    plain = certify_threshold(s, ok, accuracy=0.9, confidence=0.95, population=pop)
+    # 100 known rows above the threshold, all right: the 200 rows left must carry the rest.
+    known = certify_threshold(s, ok, accuracy=0.9, confidence=0.95, population=pop,
+                              known_scores=np.full(100, 0.9), known_correct=np.ones(100, bool))
+    assert plain.certified and known.certified and known.lower_bound < plain.lower_bound

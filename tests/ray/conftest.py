@@ -18,8 +18,6 @@ import pytest
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-ray = pytest.importorskip("ray", reason='Ray is not installed (pip install "semframe[ray]")')
-
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Path:
@@ -27,8 +25,10 @@ def ray_cluster() -> Path:
 
     A short path under /tmp: Ray's Unix sockets live in it (107 characters at most).
     """
+    ray = pytest.importorskip("ray", reason='Ray is not installed (pip install "semframe[ray]")')
     temp = Path(tempfile.mkdtemp(prefix="sf-ray-"))
     if ray.is_initialized():  # pragma: no cover - someone else's cluster: not ours to check
+        shutil.rmtree(temp, ignore_errors=True)
         pytest.skip("ray is already initialized in this process")
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(temp), configure_logging=False,
              log_to_driver=False)

@@ -11,32 +11,44 @@ Given calibration rows drawn at random from the step's rows -- rows the proxy wa
 on -- each with the proxy's score ``s_i`` and whether the proxy agreed with the oracle
 (``correct_i``), :func:`certify_threshold` tests a fixed, descending sequence of thresholds
 ``t_1 > t_2 > ...`` (:data:`THRESHOLDS`, chosen before any data is seen). At each ``t`` the null
-hypothesis is "the proxy's accuracy over the rows with score >= t is below the target"; it is
-rejected when the one-sided Clopper-Pearson lower confidence bound (level ``confidence``) of
-that accuracy, from the ``n_t`` calibration rows with score >= t of which ``k_t`` are correct,
-is at least the target. Testing stops at the first threshold that is not rejected; the chosen
-threshold is the last rejected one (the lowest certified). This is **fixed-sequence testing**:
-each test is run at the full level ``alpha = 1 - confidence`` and the family-wise error is still
-at most ``alpha``, because a false certification can only happen at the first true null in the
-sequence, which is reached (and wrongly rejected) with probability at most ``alpha``. Thresholds
-with too few calibration rows above them to certify even if every one were correct are passed
-over without a test; that rule reads only the scores, never whether the answers were right.
+hypothesis is "the proxy's accuracy over the rows it would answer at threshold t is below the
+target"; it is rejected when a one-sided lower confidence bound (level ``confidence``) of that
+accuracy reaches the target. Testing stops at the first threshold that is not rejected; the
+chosen threshold is the last rejected one (the lowest certified). This is **fixed-sequence
+testing**: each test runs at the full level ``alpha = 1 - confidence`` and the family-wise error
+is still at most ``alpha``, because a false certification can only happen at the first true
+null in the sequence, which is reached (and wrongly rejected) with probability at most
+``alpha``. Thresholds with fewer calibration rows above them than :func:`default_min_rows` are
+passed over without a test; that rule reads only the scores, never whether the answers were right.
 
-The guarantee, stated precisely: with probability at least ``confidence`` over the random
-calibration sample, the proxy's accuracy (agreement with the oracle) over the rows with score >=
-the chosen threshold is at least ``accuracy``. It is about the rows the proxy answers, not the
-whole column; rows the oracle answers (calibration rows and rows below the threshold) agree with
-the oracle by construction, so the combined column's agreement with the oracle is at least as
-high. The binomial bound treats the calibration rows above ``t`` as independent draws from the
-rows above ``t``; the sample is drawn without replacement from a finite table, for which the
-binomial bound is conservative. If no threshold certifies, the proxy answers nothing.
+Two bounds, by what the statement is about:
+
+- **this table** (what the operator uses, ``population=`` given): of the ``N_t`` rows of the
+  table (outside the proxy's training rows) scoring >= t, ``n_t`` are calibration rows, a simple
+  random sample of them, ``k_t`` of those right. The exact hypergeometric lower bound ``K_low``
+  of the right rows among the ``N_t`` (:func:`hypergeometric_lower`), less the ``k_t`` calibration
+  rows and the ``c_t`` known rows (rows repeating a sampled text: answered by the oracle, the
+  proxy's correctness on them known) over the ``N_t - n_t - d_t`` rows left, bounds the
+  accuracy of exactly the rows the proxy answers.
+- **an unlimited population** (``population=None``): the one-sided Clopper-Pearson bound of the
+  accuracy from ``k_t`` of ``n_t`` (:func:`clopper_pearson_lower`), a statement about the rate
+  over rows like these, not about one table's rows.
+
+The guarantee the operator gives, stated precisely: with probability at least ``confidence``
+over the random calibration sample, **the proxy's accuracy (agreement with the oracle) over the
+rows of this table that the proxy answers is at least ``accuracy``**. It is about those rows, not
+the whole column; rows the oracle answers agree with it by construction, so the whole column's
+agreement is at least as high. The one modelling step: given the scores, the calibration rows
+above each threshold are treated as a simple random sample of the table's rows above it (true of
+the sample as drawn, up to conditioning on how many land above each threshold). If no threshold
+certifies, the proxy answers nothing.
 
 This is the recipe of SUPG (Kang et al., "Approximate Selection with Guarantees using Proxies",
 VLDB 2020: sample the oracle, pick a proxy-score threshold with a finite-sample confidence
 bound) with the multiple-threshold correction of BARGAIN (Zeighami et al., 2025, which tests
 candidate thresholds in a fixed order, as Learn-then-Test does) -- simplified: a fixed threshold
-grid and exact Clopper-Pearson bounds (``scipy.stats.beta``, imported where used) rather than
-BARGAIN's adaptive sampling and tighter betting-based bounds.
+grid and exact hypergeometric / Clopper-Pearson bounds (``scipy.stats``, imported where used)
+rather than BARGAIN's adaptive sampling and tighter betting-based bounds.
 
 :func:`wilson_interval` and :func:`clopper_pearson_interval` report the agreement an audit
 measured (``RunResult.audit``).
@@ -74,6 +86,35 @@ def clopper_pearson_lower(k: int, n: int, confidence: float) -> float:
     from scipy.stats import beta
 
     return float(beta.ppf(1.0 - confidence, k, n - k + 1))
+
+
+def hypergeometric_lower(k: int, n: int, N: int, confidence: float) -> int:
+    """One-sided lower confidence bound of the successes ``K`` in a finite population of ``N``,
+    from ``k`` successes in a simple random sample of ``n`` drawn without replacement.
+
+    The smallest ``K`` not rejected by the exact test ``P(X >= k | N, K, n) <= 1 - confidence``
+    (``scipy.stats.hypergeom``); ``P(K >= bound) >= confidence`` for every ``K``.
+
+    >>> hypergeometric_lower(50, 50, 50, 0.95)    # the sample is the whole population
+    50
+    >>> hypergeometric_lower(95, 100, 1000, 0.95) < 950
+    True
+    """
+    if n <= 0 or k <= 0:
+        return 0
+    if n > N or k > n:
+        raise ValueError(f"need k <= n <= N, got k={k}, n={n}, N={N}")
+    from scipy.stats import hypergeom
+
+    alpha = 1.0 - confidence
+    lo, hi = k, N - (n - k)  # the population holds at least k successes and n - k failures
+    while lo < hi:  # P(X >= k) grows with K: find the smallest K where it exceeds alpha
+        mid = (lo + hi) // 2
+        if hypergeom.sf(k - 1, N, mid, n) > alpha:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def clopper_pearson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -160,7 +201,10 @@ class Certification:
 
 def certify_threshold(scores: Sequence[float] | np.ndarray, correct: Sequence[bool] | np.ndarray, *,
                       accuracy: float, confidence: float,
-                      thresholds: Sequence[float] = THRESHOLDS, min_rows: int | None = None) -> Certification:
+                      thresholds: Sequence[float] = THRESHOLDS, min_rows: int | None = None,
+                      population: Sequence[float] | np.ndarray | None = None,
+                      known_scores: Sequence[float] | np.ndarray = (),
+                      known_correct: Sequence[bool] | np.ndarray = ()) -> Certification:
     """The lowest score threshold at which the proxy's accuracy is certified (see the module doc).
 
     Parameters
@@ -178,16 +222,27 @@ def certify_threshold(scores: Sequence[float] | np.ndarray, correct: Sequence[bo
         :func:`default_min_rows`). Testing only where enough rows lie above keeps one unlucky
         error among the few most confident rows from ending the sequence; the rule reads only the
         scores, so it does not weaken the guarantee.
+    population
+        The scores of every row of the finite table the calibration rows were drawn from (the
+        calibration rows included). Given, the bound is about *this table*: at each threshold the
+        exact hypergeometric lower bound of the correct rows among the ``N_t`` table rows scoring
+        >= t, less the calibration rows' and the known rows' correct answers, over the rows left
+        -- the ones the proxy answers. None: the binomial (Clopper-Pearson) bound of the accuracy
+        over an unlimited population.
+    known_scores, known_correct
+        Table rows (with ``population``) the proxy will not answer although they score above a
+        threshold, and whether the proxy was right on each (rows repeating a sampled row's text:
+        the oracle's answer is known).
 
     Examples
     --------
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
-    >>> s = rng.uniform(size=400); ok = rng.uniform(size=400) < s      # right more often when confident
+    >>> s = rng.uniform(size=2000); ok = rng.uniform(size=2000) < s    # right more often when confident
     >>> c = certify_threshold(s, ok, accuracy=0.9, confidence=0.95)
-    >>> c.certified and c.lower_bound >= 0.9
-    True
-    >>> certify_threshold(s, np.zeros(400, bool), accuracy=0.9, confidence=0.95).certified
+    >>> c.threshold, c.rows_above, c.correct_above, round(c.lower_bound, 3)
+    (0.81, 393, 364, 0.901)
+    >>> certify_threshold(s, np.zeros(2000, bool), accuracy=0.9, confidence=0.95).certified
     False
     """
     s = np.asarray(scores, dtype=float)
@@ -200,6 +255,8 @@ def certify_threshold(scores: Sequence[float] | np.ndarray, correct: Sequence[bo
         raise ValueError("thresholds must be strictly decreasing")
     need = max(min_rows_to_certify(accuracy, confidence), default_min_rows(accuracy, confidence)
                if min_rows is None else min_rows)
+    pop = None if population is None else np.asarray(population, dtype=float)
+    ks, kc = np.asarray(known_scores, dtype=float), np.asarray(known_correct, dtype=bool)
     tested: list[tuple[float, int, int, float, bool]] = []
     best: tuple[float, int, int, float] | None = None
     for t in thresholds:
@@ -208,7 +265,10 @@ def certify_threshold(scores: Sequence[float] | np.ndarray, correct: Sequence[bo
         if n < need:
             continue  # cannot certify even if all were right: passed over (reads scores only)
         k = int(ok[above].sum())
-        bound = clopper_pearson_lower(k, n, confidence)
+        if pop is None:
+            bound = clopper_pearson_lower(k, n, confidence)
+        else:
+            bound = _table_bound(k, n, int((pop >= t).sum()), ks >= t, kc, confidence)
         passed = bound >= accuracy
         tested.append((float(t), n, k, bound, passed))
         if not passed:
@@ -218,6 +278,18 @@ def certify_threshold(scores: Sequence[float] | np.ndarray, correct: Sequence[bo
         return Certification(None, accuracy, confidence, int(s.size), tested=tuple(tested))
     t, n, k, bound = best
     return Certification(t, accuracy, confidence, int(s.size), n, k, bound, tuple(tested))
+
+
+def _table_bound(k: int, n: int, N: int, known_above: np.ndarray, known_correct: np.ndarray,
+                 confidence: float) -> float:
+    """Lower bound of the accuracy over the table rows above a threshold that the proxy answers:
+    ``(K_low - k - c) / (N - n - d)``, with ``d`` known rows above it, ``c`` of them right."""
+    d = int(known_above.sum())
+    c = int(known_correct[known_above].sum())
+    left = N - n - d
+    if left <= 0:
+        return 1.0  # nothing left for the proxy to answer: nothing it can get wrong
+    return max(0.0, (hypergeometric_lower(k, n, N, confidence) - k - c) / left)
 
 
 def default_sample_size(rows: int) -> int:

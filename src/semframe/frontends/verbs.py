@@ -22,7 +22,7 @@ from semframe.frontends.embedding_verbs import EmbeddingVerbs
 from semframe.frontends.join_verbs import JoinVerbs
 from semframe.frontends.ranking_verbs import RankingVerbs
 from semframe.errors import PlanError
-from semframe.plan.approx import SemApproxClassify
+from semframe.plan.approx import SemApproxClassify, SemApproxFilter
 from semframe.plan.nodes import Node
 from semframe.plan.semantic import SemClassify, SemExtract, SemFilter, SemMap
 from semframe.plan.spec import ChoiceSpec, JsonSpec, TextSpec
@@ -92,27 +92,25 @@ class SemanticVerbs(JoinVerbs, AggregateVerbs, RankingVerbs, EmbeddingVerbs, Clu
         """
         plan = self._plan()
         where = "semantic.classify"
-        if approx is None and proxy is not None:
-            raise PlanError(f"{where}: proxy= needs a target; pass approx=sf.Target(accuracy=..., confidence=...)")
-        node_type, extra = (SemClassify, {}) if approx is None else (SemApproxClassify,
-                                                                     {"approx": approx, "proxy": proxy})
-        if approx is not None and _is_embedder(proxy):
-            extra = {"approx": approx, "proxy": "learned", "embedder": proxy}  # the learned proxy, on its vectors
-        node = node_type(
+        node = (SemClassify if approx is None else SemApproxClassify)(
             plan, resolve_template(column, plan.columns, where), instruction, _labels(labels),
             name, max_tokens, temperature, cache=cache, semantic_cache=_semantic_cache(semantic_cache, where),
-            probabilities=probabilities, **extra,
+            probabilities=probabilities, **_approx_fields(approx, proxy, where),
         )
         return self._finish(node, run_options)
 
     def filter(self, question: str, *, instruction: str | None = None, max_tokens: int | None = None,
                temperature: float = 0.0, cache: bool | None = None,
-               semantic_cache: bool | float | None = None, **run_options: Any) -> Any:
+               semantic_cache: bool | float | None = None, approx: Any = None, proxy: Any = None,
+               **run_options: Any) -> Any:
         """Keep the rows for which the model answers YES to ``question``.
 
         ``question`` is a template such as ``"Is {title} about a war?"`` (or a column name whose
         text is the question). Rows with no answer (null input, a failed answer) are dropped,
         as polars drops rows whose predicate is null.
+
+        ``approx=sf.Target(...)`` and ``proxy=`` work as for :meth:`classify`: a proxy answers
+        YES or NO where its accuracy is certified (see docs/approximation.md).
 
         Examples
         --------
@@ -124,9 +122,10 @@ class SemanticVerbs(JoinVerbs, AggregateVerbs, RankingVerbs, EmbeddingVerbs, Clu
         """
         plan = self._plan()
         where = "semantic.filter"
-        node = SemFilter(
+        node = (SemFilter if approx is None else SemApproxFilter)(
             plan, resolve_template(question, plan.columns, where), instruction, ChoiceSpec(("YES", "NO")),
             None, max_tokens, temperature, cache=cache, semantic_cache=_semantic_cache(semantic_cache, where),
+            **_approx_fields(approx, proxy, where),
         )
         return self._finish(node, run_options)
 
@@ -175,6 +174,18 @@ class SemanticVerbs(JoinVerbs, AggregateVerbs, RankingVerbs, EmbeddingVerbs, Clu
             name, max_tokens, temperature, cache=cache, semantic_cache=_semantic_cache(semantic_cache, where),
         )
         return self._finish(node, run_options)
+
+
+def _approx_fields(approx: Any, proxy: Any, where: str) -> dict[str, Any]:
+    """The approximate node's extra fields (none without ``approx``); an embedding engine as
+    ``proxy`` means the learned proxy on its vectors."""
+    if approx is None:
+        if proxy is not None:
+            raise PlanError(f"{where}: proxy= needs a target; pass approx=sf.Target(accuracy=..., confidence=...)")
+        return {}
+    if _is_embedder(proxy):
+        return {"approx": approx, "proxy": "learned", "embedder": proxy}
+    return {"approx": approx, "proxy": proxy}
 
 
 def _is_embedder(value: Any) -> bool:

@@ -34,12 +34,14 @@ used, and the driver checks that every request came back).
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -56,7 +58,7 @@ from semframe.execution.provenance import Batch, scalar_ids
 from semframe.execution.render import render_texts
 from semframe.execution.resolver import AnswerResolver, StepInfo
 from semframe.physical.base import EstimateContext, EstState, PhysicalOp
-from semframe.physical.executor import execute, prepare
+from semframe.physical.executor import _failed_to_start, execute, prepare
 from semframe.physical.semantic import RowOperator, SemanticOperator, gather
 
 #: Counters an actor reports per batch (the rest of a step's metrics come from its outcomes).
@@ -154,8 +156,15 @@ class RayExecutor:
                             "a local cluster would listen on every interface; set it before importing ray, or "
                             "call ray.init() yourself, or pass address=")
         self._temp_dir = tempfile.mkdtemp(prefix="semframe-ray-")
+        atexit.register(self.shutdown)
         ray.init(num_cpus=self.cpus, include_dashboard=False, _temp_dir=self._temp_dir,
                  configure_logging=False, log_to_driver=False)
+
+    def __enter__(self) -> RayExecutor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
 
     def shutdown(self) -> None:
         """Stop the local cluster this executor started (a cluster it joined keeps running)."""
@@ -172,20 +181,26 @@ class RayExecutor:
     def run(self, plan: Any, *, engine: Any = None, max_cost: float | None = None, max_tokens: int | None = None,
             sink: Any = None, **options: Any) -> Any:
         """Run ``plan`` (a logical plan) and return its :class:`~semframe.RunResult`."""
-        if max_cost is not None or max_tokens is not None:
-            raise PlanError("RayExecutor: budgets (max_cost, max_tokens) across a Ray cluster are not built yet; "
-                            "run without executor= to use them")
-        opts = RunOptions.resolve(config.settings, **options)
-        if opts.progress:
-            opts = opts.with_(progress=False)  # the cluster's progress in the driver is not built yet
-        plan, root = prepare(plan, opts)
-        run_engine = self.engine if self.engine is not None else engine
-        if run_engine is None:
-            run_engine = config.settings.engine
-        state = _RunState(self, opts)
-        root = self._distribute(root, run_engine, state)
-        if state.steps:
-            self.connect()
+        try:
+            if max_cost is not None or max_tokens is not None:
+                raise PlanError("RayExecutor: budgets (max_cost, max_tokens) across a Ray cluster are not built "
+                                "yet; run without executor= to use them")
+            opts = RunOptions.resolve(config.settings, **options)
+            if opts.progress:
+                opts = opts.with_(progress=False)  # the cluster's progress in the driver is not built yet
+            plan, root = prepare(plan, opts)
+            run_engine = self.engine if self.engine is not None else engine
+            if run_engine is None:
+                run_engine = config.settings.engine
+            state = _RunState(self, opts)
+            root = self._distribute(root, run_engine, state)
+            if state.steps:
+                self.connect()
+        except BaseException as exc:  # the run could not start: last_run says so, as for a local run
+            if sink is not None:
+                sink.close(ok=False)
+            _failed_to_start(plan, exc)
+            raise
         recorder = LineageRecorder(enabled=opts.lineage)
         # The driver never asks an engine: its resolver has none (the actors have theirs).
         ctx = RunContext(engine=None, options=opts, recorder=recorder, progress=None,
@@ -197,7 +212,7 @@ class RayExecutor:
     def _distribute(self, op: PhysicalOp, run_engine: Any, state: _RunState) -> PhysicalOp:
         """The operator tree with every row-wise semantic step replaced by its Ray form."""
         op.inputs = tuple(self._distribute(child, run_engine, state) for child in op.inputs)
-        if isinstance(op, RowOperator):
+        if isinstance(op, RowOperator) and type(op).execute is RowOperator.execute:
             node = op.node
             where = f"RayExecutor: step {op.index} ({node.operator})"
             if not op.dedupe:
@@ -374,28 +389,19 @@ class RayRowStep(PhysicalOp):
         template = replace(info, metrics=StepMetrics(step=info.index, operator=info.operator, column=info.column),
                            engine=None)
         data_ctx = ray.data.DataContext.get_current()
-        saved = (data_ctx.execution_options.preserve_order, data_ctx.actor_task_retry_on_errors,
-                 data_ctx.enable_progress_bars)
+        saved = (data_ctx.execution_options.preserve_order, data_ctx.actor_task_retry_on_errors)
         try:
             data_ctx.execution_options.preserve_order = True
             data_ctx.actor_task_retry_on_errors = ex.retry_on_errors
-            data_ctx.enable_progress_bars = False
             blocks = max(1, min(n, ex.num_actors * ex.blocks_per_actor))
             ds = ray.data.from_arrow(table, override_num_blocks=blocks)
-            ds = ds.map_batches(
-                StepActor,
-                fn_constructor_kwargs={"engine_spec": self.spec, "builder": self.inner.builder, "info": template,
-                                       "cache_dir": cache_dir, "on_error": opts.on_error,
-                                       "memo_size": opts.memo_size},
-                batch_size=ex.batch_size or opts.batch_size, batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(size=ex.num_actors),
-                num_cpus=ex.num_cpus_per_actor, num_gpus=ex.num_gpus_per_actor or None,
-                max_restarts=ex.max_retries, max_task_retries=ex.max_retries,
-            )
+            with warnings.catch_warnings():  # max_restarts / max_task_retries have no named parameter yet
+                warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+                ds = _map(ds, ray.data, self.spec, self.inner.builder, template, cache_dir, opts, ex,
+                          actors=min(ex.num_actors, blocks))  # no idle engine for a few requests
             parts = ray.get(ds.to_arrow_refs())
         finally:
-            (data_ctx.execution_options.preserve_order, data_ctx.actor_task_retry_on_errors,
-             data_ctx.enable_progress_bars) = saved
+            data_ctx.execution_options.preserve_order, data_ctx.actor_task_retry_on_errors = saved
         answers: list[Outcome | None] = [None] * n
         counters: dict[str, Any] = {}
         for part in parts:
@@ -416,6 +422,20 @@ class RayRowStep(PhysicalOp):
             raise RuntimeError(f"RayExecutor: {len(missing)} of {n} requests of step {info.index} did not come "
                                "back from the actors")
         return answers, counters  # type: ignore[return-value]
+
+
+def _map(ds: Any, data: Any, spec: Any, builder: Any, info: StepInfo, cache_dir: str | None, opts: RunOptions,
+         ex: RayExecutor, actors: int) -> Any:
+    """The step as ``map_batches`` on an actor pool of ``actors`` actors."""
+    return ds.map_batches(
+        StepActor,
+        fn_constructor_kwargs={"engine_spec": spec, "builder": builder, "info": info, "cache_dir": cache_dir,
+                               "on_error": opts.on_error, "memo_size": opts.memo_size},
+        batch_size=ex.batch_size or opts.batch_size, batch_format="pyarrow",
+        compute=data.ActorPoolStrategy(size=actors),
+        num_cpus=ex.num_cpus_per_actor, num_gpus=ex.num_gpus_per_actor or None,
+        max_restarts=ex.max_retries, max_task_retries=ex.max_retries,
+    )
 
 
 def _reused(answer: Outcome, key: str, source_row_id: Any) -> Outcome:

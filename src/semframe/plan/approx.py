@@ -2,7 +2,8 @@
 
 ``classify(..., approx=sf.Target(accuracy=0.9, confidence=0.95))`` builds a
 :class:`SemApproxClassify` instead of a :class:`~semframe.plan.semantic.SemClassify` (a separate
-node type, so the exact verb and every rule and operator that reads it stay as they are). The
+node type, so the exact verb and every rule and operator that reads it stay as they are);
+``filter(..., approx=...)`` builds a :class:`SemApproxFilter`. The
 step's own engine is the *oracle*; a *proxy* answers the rows it is confident about, where the
 confidence threshold is certified on a calibration sample the oracle answers (see
 :mod:`semframe.execution.calibration` for the statistics and the exact guarantee, and
@@ -24,7 +25,7 @@ from typing import Any, ClassVar
 
 from semframe.errors import PlanError
 from semframe.plan.embedding import embedder_text
-from semframe.plan.semantic import SemClassify, engine_label
+from semframe.plan.semantic import SemClassify, SemFilter, engine_label
 
 #: ``proxy=`` values that mean the learned proxy.
 LEARNED = (None, "learned")
@@ -77,41 +78,34 @@ class Target:
         return f"accuracy >= {self.accuracy:g} at confidence {self.confidence:g} ({sample}, seed {self.seed})"
 
 
-@dataclass(frozen=True)
-class SemApproxClassify(SemClassify):
-    """``classify`` answered partly by a proxy, under a :class:`Target` (see the module doc).
+class ApproxStep:
+    """What approximate row-wise steps share: validation, the proxy's description, display.
 
-    The output is the same String column as :class:`SemClassify`'s. Unlike it, a row's answer
-    depends on the other rows (which were sampled for calibration, where the threshold fell), so
-    the operator reads its whole input before it answers.
+    A mixin placed before the exact step's class (``class SemApproxFilter(ApproxStep, SemFilter)``);
+    the subclass declares the fields ``approx``, ``proxy`` and ``embedder``.
     """
 
-    approx: Target | None = None
-    proxy: Any = None
-    embedder: Any = None
+    approx: Target | None
+    proxy: Any
+    embedder: Any
 
-    operator: ClassVar[str] = "classify"
-
-    def __post_init__(self) -> None:
-        where = "semantic.classify"
+    def _check_approx(self) -> None:
+        where = f"semantic.{self.operator}"  # type: ignore[attr-defined]
         if not isinstance(self.approx, Target):
             raise PlanError(f"{where}: approx must be sf.Target(accuracy=..., confidence=...), "
                             f"got {type(self.approx).__name__}")
-        if self.probabilities:
+        if getattr(self, "probabilities", False):
             raise PlanError(f"{where}: probabilities=True cannot be combined with approx= yet "
                             "(proxy-answered rows have no engine probabilities); drop one of them")
-        if self.semantic_cache is not None:
+        if self.semantic_cache is not None:  # type: ignore[attr-defined]
             raise PlanError(f"{where}: semantic_cache cannot be combined with approx= (the proxy already "
                             "answers near-duplicates); drop semantic_cache")
-        if self.temperature:
+        if self.temperature:  # type: ignore[attr-defined]
             raise PlanError(f"{where}: approx= needs temperature=0 (the oracle's answers must be reproducible)")
         if isinstance(self.proxy, str) and not self.proxy.strip():
             raise PlanError(f"{where}: proxy must be 'learned', an engine or a registered engine name, got ''")
-        if self.is_learned and self.proxy is not None and self.proxy != "learned":
-            raise PlanError(f"{where}: unknown proxy {self.proxy!r}")
         if not self.is_learned and self.embedder is not None:
             raise PlanError(f"{where}: embedder= is for the learned proxy; a cascade (proxy=engine) takes none")
-        super().__post_init__()
 
     @property
     def is_learned(self) -> bool:
@@ -129,7 +123,46 @@ class SemApproxClassify(SemClassify):
         return f"cascade (engine {engine_label(self.proxy)}, same labels, score = its label probability)"
 
     def describe(self) -> str:
-        return super().describe()[:-1] + f"; approx {self.approx.describe()}]"  # type: ignore[union-attr]
+        return super().describe()[:-1] + f"; approx {self.approx.describe()}]"  # type: ignore[misc, union-attr]
 
     def detail_lines(self) -> list[str]:
-        return super().detail_lines() + [f"approx source: {self.source_text()}"]
+        return super().detail_lines() + [f"approx source: {self.source_text()}"]  # type: ignore[misc]
+
+
+@dataclass(frozen=True)
+class SemApproxClassify(ApproxStep, SemClassify):
+    """``classify`` answered partly by a proxy, under a :class:`Target` (see the module doc).
+
+    The output is the same String column as :class:`SemClassify`'s. Unlike it, a row's answer
+    depends on the other rows (which were sampled for calibration, where the threshold fell), so
+    the operator reads its whole input before it answers.
+    """
+
+    approx: Target | None = None
+    proxy: Any = None
+    embedder: Any = None
+
+    operator: ClassVar[str] = "classify"
+
+    def __post_init__(self) -> None:
+        self._check_approx()
+        super().__post_init__()
+
+
+@dataclass(frozen=True)
+class SemApproxFilter(ApproxStep, SemFilter):
+    """``filter`` whose YES/NO answers come partly from a proxy, under a :class:`Target`.
+
+    The target is the accuracy of the proxy's YES/NO answers (agreement with the oracle), not a
+    precision or recall of the rows kept.
+    """
+
+    approx: Target | None = None
+    proxy: Any = None
+    embedder: Any = None
+
+    operator: ClassVar[str] = "filter"
+
+    def __post_init__(self) -> None:
+        self._check_approx()
+        super().__post_init__()

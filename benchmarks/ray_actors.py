@@ -1,0 +1,141 @@
+"""The Ray executor's cost: local executor vs ``sf.RayExecutor`` with 1 and 2 CPU actors.
+
+Workload 1's question ("is the title related to the history of Europe?") over ``--titles``
+distinct BBC titles (default 200), one ``classify`` step, ``cache=False``:
+
+- **deterministic** engine (default): it answers in microseconds, so what is measured is the Ray
+  executor's overhead alone -- shipping the requests as Arrow blocks, starting the actor pool
+  (each actor imports semframe and builds its engine), answering, bringing the outcomes back;
+- **smollm2** (``--engine smollm2``): each actor builds an in-process ``VLLMEngine`` on the
+  packaged SmolLM2-135M (one thread each): 1 vs 2 actors is the scale-out.
+
+One process, one local Ray cluster (loopback only, ``--cpus`` CPUs, started once and not timed:
+its start is reported apart). Local, 1 actor and 2 actors are run side by side, interleaved,
+``--repeats`` times; medians are reported. Prints a table and writes
+``docs/results/ray_actors.md`` and ``.json``.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.ray_actors [--titles 200] [--engine deterministic|smollm2]
+        [--repeats 3] [--cpus 2] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only (before ray is imported)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from benchmarks._common import machine_facts, markdown_table  # noqa: E402
+from benchmarks.workloads import TITLES_INSTRUCTION, distinct_titles  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "results" / "ray_actors.md"
+
+
+def _smollm2_factory():
+    """What each actor builds (sent by value: a closure)."""
+    def make():
+        import semframe as sf
+        from semframe.engines.models import default_model_dir
+
+        return sf.VLLMEngine(str(default_model_dir(quiet=True)))
+
+    return make
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--titles", type=int, default=200)
+    ap.add_argument("--engine", choices=("deterministic", "smollm2"), default="deterministic")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+
+    os.environ["SEMFRAME_CACHE_DIR"] = tempfile.mkdtemp(prefix="sf-bench-ray-")
+    import polars as pl
+    import ray
+
+    import semframe as sf
+
+    titles = distinct_titles(args.titles)
+    plan = pl.DataFrame({"title": titles}).lazy().semantic.classify(
+        "title", ["YES", "NO"], instruction=TITLES_INSTRUCTION, name="europe")
+    if args.engine == "deterministic":
+        actor_engine: object = "deterministic"
+        local_engine: object = "deterministic"
+    else:
+        from semframe.engines.models import default_model_dir
+
+        actor_engine = _smollm2_factory()
+        local_engine = sf.VLLMEngine(str(default_model_dir(quiet=True)))
+
+    temp = tempfile.mkdtemp(prefix="sf-ray-")
+    t = time.perf_counter()
+    ray.init(num_cpus=args.cpus, include_dashboard=False, _temp_dir=temp, configure_logging=False,
+             log_to_driver=False)
+    init_s = time.perf_counter() - t
+    modes = {"local": None, "ray, 1 actor": 1, "ray, 2 actors": 2}
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    answers: dict[str, list] = {}
+    for r in range(args.repeats):
+        for mode, actors in modes.items():
+            t = time.perf_counter()
+            if actors is None:
+                result = plan.run(local_engine, cache=False, progress=False)
+            else:
+                result = plan.run(actor_engine, cache=False, progress=False,
+                                  executor=sf.RayExecutor(num_actors=actors))
+            times[mode].append(time.perf_counter() - t)
+            assert result.df.height == len(titles) and result.metrics["engine_requests"].item() == len(titles)
+            answers.setdefault(mode, result.df["europe"].to_list())
+            print(f"[bench] repeat {r} {mode}: {times[mode][-1]:.2f} s", file=sys.stderr, flush=True)
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+    shutil.rmtree(os.environ["SEMFRAME_CACHE_DIR"], ignore_errors=True)
+
+    base = statistics.median(times["local"])
+    rows = []
+    for mode in modes:
+        med = statistics.median(times[mode])
+        same = sum(a == b for a, b in zip(answers[mode], answers["local"]))
+        rows.append([mode, f"{med:.2f}", f"{len(titles) / med:.1f}", f"{med / base:.2f}x",
+                     f"{same}/{len(titles)}"])
+    one, two = statistics.median(times["ray, 1 actor"]), statistics.median(times["ray, 2 actors"])
+    table = markdown_table(["executor", "median s", "rows/s", "vs local", "same answers as local"], rows)
+    facts = machine_facts()
+    print(table)
+    print(f"ray.init: {init_s:.1f} s; 2 actors vs 1: {one / two:.2f}x throughput")
+    if args.no_write:
+        return
+    name = "ray_actors" if args.engine == "deterministic" else "ray_actors_smollm2"
+    out = OUT.with_name(f"{name}.md")
+    text = (f"# Ray executor: local vs 1 vs 2 CPU actors ({args.engine} engine)\n\n"
+            f"`OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.ray_actors --titles {args.titles} "
+            f"--engine {args.engine} --repeats {args.repeats} --cpus {args.cpus}`\n\n"
+            f"{len(titles)} distinct BBC titles, one classify step (workload 1's question), cache off; "
+            f"a local Ray cluster of {args.cpus} CPUs (loopback only), started once: `ray.init` took "
+            f"{init_s:.1f} s (not in the times). Each Ray run starts its actor pool (each actor imports "
+            f"semframe and builds its engine) and tears it down at the end. Medians of {args.repeats} "
+            "interleaved runs. The local engine is made once and kept, so its start is in the first "
+            "repeat only; every Ray run starts its actors' engines again.\n\n"
+            f"{table}\n\n2 actors vs 1: **{one / two:.2f}x** throughput.\n\n"
+            f"Machine: {json.dumps(facts)}\n")
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(
+        {"engine": args.engine, "titles": len(titles), "cpus": args.cpus, "ray_init_s": init_s, "times_s": times,
+         "machine": facts}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
