@@ -360,7 +360,7 @@ def test_pandas_keeps_index_and_columns(people, gold):
     out = pdf.semantic.dedup("who", candidates=3, embedder=Trigrams(), engine=gold_engine(gold))
     assert list(out.index) == list(pdf.index) and list(out.columns) == ["who", "gold", "n", "entity"]
     assert out["entity"].tolist()[:9] == expected_entities(people["gold"].to_list())[:9]
-    assert out["entity"].iloc[9] is None
+    assert out["entity"].iloc[9] is pd.NA and str(out["entity"].dtype) == "Int64"
     clustered = pdf.semantic.cluster("who", k=2, embedder=Trigrams(), engine=label_engine())
     assert list(clustered.columns) == ["who", "gold", "n", "cluster", "cluster_label"]
     assert isinstance(clustered, pd.DataFrame) and list(clustered.index) == list(pdf.index)

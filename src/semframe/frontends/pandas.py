@@ -84,31 +84,50 @@ class PandasSemanticAccessor(SemanticVerbs):
 
 
     def _finish_whole(self, node: Node, run_options: dict[str, Any]) -> pd.DataFrame:
-        """Any other operator (join, aggregate, top-k, ...): the frame goes to polars whole.
+        """Any other operator (join, aggregate, top-k, ...), over the frame in polars.
 
         Where the operator keeps input rows one by one (adding columns, dropping or reordering
-        rows: a top-k, a cluster label), the result is the original pandas rows (index, dtypes)
-        with the operator's new columns; otherwise (a join's pairs, one row per group) it is a
-        new pandas frame with a fresh index.
+        rows: a top-k, a cluster label), only the columns it reads go to polars, and the result is
+        the original pandas rows (index, dtypes) with the operator's new columns -- integers as
+        pandas' nullable integer dtypes, text as objects; otherwise (a join's pairs, one row per
+        group) the whole frame goes, and the result is a new pandas frame with a fresh index.
         """
         labels = self._labels()
         pdf = self._pdf
+        keeps_rows = node.rows in ("aligned", "subset", "permutation", "prefix")
+        names = list(labels)
+        if keeps_rows:
+            needed = node.columns_needed(frozenset())[0]
+            if needed:  # every operator reads at least its text column
+                names = [c for c in names if c in needed]
         try:
-            part = pdf[list(labels.values())]
-            part.columns = list(labels)
+            part = pdf[[labels[c] for c in names]]
+            part.columns = names
             data = pl.from_pandas(part.reset_index(drop=True))
         except Exception as exc:  # pyarrow/polars conversion errors vary by dtype
-            raise PlanError(f"semantic.{node.operator}: cannot read the pandas DataFrame: {exc}") from exc  # type: ignore[attr-defined]
+            raise PlanError(f"semantic.{node.operator}: cannot read column(s) {names} from pandas: {exc}") from exc  # type: ignore[attr-defined]
         scan = Scan(Source.from_data(data, "pandas DataFrame"))
         node = node.with_children((scan, *node.children[1:]))
         result = run_plan(node, **run_options)
-        if node.rows in ("aligned", "subset", "permutation", "prefix") and result.row_ids.dtype == pl.UInt32:
+        if keeps_rows and result.row_ids.dtype == pl.UInt32:
             out = pdf.iloc[result.row_ids.to_numpy()].copy()
             for name in result.df.columns:
                 if name not in labels:
-                    out[name] = pd.Series(result.df[name].to_list(), index=out.index, dtype="object")
+                    out[name] = _pandas_column(result.df[name], out.index)
             return out
         return result.df.to_pandas()
+
+
+def _pandas_column(series: pl.Series, index: pd.Index) -> pd.Series:
+    """A polars column as a pandas one: integers as nullable integer dtypes (``UInt32``,
+    ``Int64`` ...), floats and booleans as themselves, everything else (text, lists, structs) as
+    objects (None for null)."""
+    dtype = series.dtype
+    if dtype.is_integer():
+        return pd.Series(pd.array(series.to_list(), dtype=str(dtype)), index=index)  # "UInt32", "Int64" ...
+    if dtype.is_float() or (dtype == pl.Boolean and series.null_count() == 0):
+        return pd.Series(series.to_numpy(), index=index)
+    return pd.Series(series.to_list(), index=index, dtype="object")
 
 
 register([(pd.DataFrame, pd.api.extensions.register_dataframe_accessor, PandasSemanticAccessor)])

@@ -32,7 +32,8 @@ def _fold(node: Node) -> Node:
     if isinstance(below, SemTopK):
         return below if below.k <= node.n else SemTopK(**{**_init_fields(below), "k": node.n})  # type: ignore[operator]
     if isinstance(below, SemSort):
-        return SemTopK(**{**_init_fields(below), "k": node.n})
+        # a sort's head also shows the rows it could not rank (null or blank items), last
+        return SemTopK(**{**_init_fields(below), "k": node.n, "keep_unranked": True})
     return node
 
 

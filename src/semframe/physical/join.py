@@ -54,15 +54,12 @@ from semframe.physical.base import EstimateContext, EstState, PhysicalOp
 from semframe.physical.prompts import RequestBuilder
 from semframe.physical.relational import PolarsQuery
 from semframe.physical.semantic import SemanticOperator, StepRun, gather, physical_for
-from semframe.plan.join import PAIR_SPEC, SemJoin, side_columns, template_from_parts
+from semframe.plan.join import CLASSIFY_MAX_ITEMS, PAIR_SPEC, SemJoin, classify_too_large, side_columns, template_from_parts
 from semframe.plan.spec import FieldType, JsonSpec
 from semframe.plan.template import Template
 
 logger = logging.getLogger("semframe")
 
-#: Join as classification lists at most this many right items (an answer's list holds at most
-#: ``semframe.plan.spec.MAX_LIST_ITEMS`` numbers, so every match of a left row fits).
-CLASSIFY_MAX_ITEMS = 16
 #: ... and only while their listing (the shared instruction) stays within this many tokens.
 CLASSIFY_MAX_SHARED_TOKENS = 2000
 #: What the classify prompt's question says in place of the right side's columns.
@@ -251,7 +248,10 @@ class JoinOp(SemanticOperator):
     # ------------------------------------------------------------------ execution
 
     def execute(self, ctx: RunContext) -> Iterator[Batch]:
-        left, right = gather(self.inputs[0], ctx), gather(self.inputs[1], ctx)
+        right = gather(self.inputs[1], ctx)
+        if self.node.algorithm == "classify" and right.height > CLASSIFY_MAX_ITEMS:
+            raise PlanError(classify_too_large(right.height))  # before the left side asks anything
+        left = gather(self.inputs[0], ctx)
         run = self.open_step(ctx, left.height)  # progress counts left rows done
         start = time.perf_counter()
         s = _Sides(self.node, left, right)
@@ -473,6 +473,10 @@ class JoinOp(SemanticOperator):
             calls, exact, prompt_tokens, out = self._estimate_calls(s, chosen, est)
             exact = exact and ls.exact and rs.exact and not est.under_head
             calls_low = calls if exact else min(calls, round(calls * min(1.0, ls.rows_low / max(1, ls.rows_high))))
+            if chosen.algorithm == "blocking":
+                # Repeated pair texts are asked once: surely asked is one pair per distinct left text.
+                left_texts = s.texts("left")
+                calls_low = min(calls_low, len({left_texts[i] for i in s.valid("left")}))
         else:
             # Rows written by an earlier step: every row is a call, at the template's size.
             nl, nr = round(ls.rows_high), round(rs.rows_high)

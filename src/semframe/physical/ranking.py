@@ -284,9 +284,12 @@ class RankOp(SemanticOperator):
             order = order[:node.k]
         rows = [valid[i] for i in order]
         ranks: list[int | None] = list(range(1, len(rows) + 1))
-        if isinstance(node, SemSort):  # the rows that could not be compared come last, unranked
-            rows += skipped
-            ranks += [None] * len(skipped)
+        if isinstance(node, SemSort) or getattr(node, "keep_unranked", False):
+            # the rows that could not be compared come last, unranked (a folded sort().head(k)
+            # shows as many of them as fit in its k rows)
+            room = len(skipped) if node.k is None else max(0, node.k - len(rows))
+            rows += skipped[:room]
+            ranks += [None] * min(room, len(skipped))
         picked = pl.Series(rows, dtype=pl.UInt32)
         frame = batch.frame.select(pl.all().gather(picked)) if batch.frame.width else batch.frame.clear(len(rows))
         out = Batch(frame.with_columns(pl.Series(node.name, ranks, dtype=pl.UInt32)), batch.ids.gather(picked))
@@ -374,6 +377,10 @@ class RankOp(SemanticOperator):
         if node.effective_algorithm == "score":
             calls_low, calls_high = n_low, n_high
             exact = state.exact and batch is not None and not (cols & state.unknown)
+            if exact and self.dedupe:  # identical items are one request, asked once by the memo
+                calls_low = calls_high = len(set(items))
+            elif self.dedupe:
+                calls_low = min(calls_low, 1)  # every row may repeat one item (an earlier step's answers)
             request = self.score_builder.build(sample[0] if sample else "")
             spec = SCORE_SPEC
         else:

@@ -17,10 +17,12 @@ a left column gets the suffix ``_right`` (as polars' ``join`` does).
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import polars as pl
 from typing import Any, ClassVar
 
 from semframe.errors import PlanError
-from semframe.plan.nodes import RESERVED_PREFIX, Needed, Node, Schema
+from semframe.plan.nodes import RESERVED_PREFIX, Needed, Node, Scan, Schema
 from semframe.plan.semantic import SemanticNode, engine_label
 from semframe.plan.spec import ChoiceSpec
 from semframe.plan.template import Template, check_renderable
@@ -107,6 +109,24 @@ def _positive_int(value: Any, name: str, where: str, minimum: int = 1) -> None:
         raise PlanError(f"{where}: {name} must be {kind} integer, got {value!r}")
 
 
+#: Join as classification lists at most this many right items (an answer's list holds at most
+#: ``semframe.plan.spec.MAX_LIST_ITEMS`` numbers, so every match of a left row fits).
+CLASSIFY_MAX_ITEMS = 16
+
+
+def classify_too_large(rows: int) -> str:
+    return (f"semantic.join: algorithm='classify' is not possible: it lists the right side's rows in the "
+            f"prompt, at most {CLASSIFY_MAX_ITEMS}, and the right side has {rows}; use algorithm='blocking' or "
+            "'nested_loop' (or 'auto')")
+
+
+def in_memory_rows(node: Node) -> int | None:
+    """The rows of ``node`` when it is a scan of data already in memory (free to count), else None."""
+    if isinstance(node, Scan) and node.source.in_memory:
+        return node.source.frame.select(pl.len()).collect().item()
+    return None
+
+
 @dataclass(frozen=True)
 class SemJoin(SemanticNode):
     """Pairs of a left and a right row for which the model answers YES to ``template``.
@@ -180,6 +200,10 @@ class SemJoin(SemanticNode):
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
                 or not 0.0 <= self.temperature <= 2.0:
             raise PlanError(f"{where}: temperature must be a number between 0 and 2, got {self.temperature!r}")
+        if self.algorithm == "classify":
+            known = in_memory_rows(self.right)
+            if known is not None and known > CLASSIFY_MAX_ITEMS:
+                raise PlanError(classify_too_large(known))
         super().__post_init__()
 
     # ------------------------------------------------------------------ schema
@@ -198,6 +222,11 @@ class SemJoin(SemanticNode):
                                 f"column too; rename one of them first (e.g. .rename({{{out!r}: ...}}))")
             if out.startswith(RESERVED_PREFIX):  # pragma: no cover - inputs never have such names
                 raise PlanError(f"semantic.join: column {out!r} uses the reserved prefix {RESERVED_PREFIX!r}")
+        renamed = {out: c for c, out in names.items() if out != c}
+        for c, out in names.items():
+            if out == c and c in renamed:  # the right side has both 'x' and 'x_right', and the left 'x'
+                raise PlanError(f"semantic.join: the right column {renamed[c]!r} would be named {c!r}, which is "
+                                f"another right column; rename one of them first (e.g. .rename({{{c!r}: ...}}))")
         return self.left.schema + tuple((names[c], dt) for c, dt in self.right.schema)
 
     @property

@@ -178,10 +178,18 @@ class SemRank(SemanticNode):
 class SemTopK(SemRank):
     """The ``k`` best rows, best first, with their rank (1..k) in ``name``.
 
-    Rows whose item text is null or blank are never compared and never returned.
+    Rows whose item text is null or blank are never compared and never returned -- unless
+    ``keep_unranked`` (set by the optimizer when it folds ``sort().head(n)`` into a top-k): then
+    they fill the k rows after the ranked ones, unranked, as the sort's head would show them.
     """
 
+    keep_unranked: bool = False
+
     operator: ClassVar[str] = "topk"
+
+    def flags(self) -> list[str]:
+        flags = super().flags()
+        return [*flags, "unranked rows last"] if self.keep_unranked else flags
     rows: ClassVar[str] = "subset"  # some input rows (reordered; elementwise is False: a barrier)
 
     def __post_init__(self) -> None:

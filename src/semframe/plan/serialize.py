@@ -200,6 +200,8 @@ class _Writer:
             value = getattr(node, f.name)
             if f.name == "template":
                 out["template"] = value.source
+                if _needs_parts(value):
+                    out["template_parts"] = list(value.parts)
             elif f.name == "spec":
                 out["spec"] = spec_to_json(value, where)
             elif f.name == "engine" and value is not None and not isinstance(value, str):
@@ -223,7 +225,7 @@ class _Writer:
         if isinstance(value, Node):
             return self.node(value)
         if isinstance(value, Template):
-            return {"template": value.source}
+            return _template_json(value)
         if isinstance(value, OutputSpec):
             return {"spec": spec_to_json(value, where)}
         if isinstance(value, PlExpr):
@@ -296,6 +298,33 @@ class _Writer:
             raise PlanError(f"{where} passes a Python function ({getattr(value, '__name__', value)!r}); a plan file "
                             "holds no code")
         raise PlanError(f"{where}: an argument of type {type(value).__name__} ({value!r}) cannot be saved")
+
+
+def _needs_parts(template: Template) -> bool:
+    """Whether ``template`` cannot be read back from its source alone (a column name with spaces
+    at its ends or braces, as ``Template.for_column`` makes them)."""
+    try:
+        return Template.parse(template.source).parts != template.parts
+    except PlanError:
+        return True
+
+
+def _template_json(template: Template) -> dict[str, Any]:
+    out: dict[str, Any] = {"template": template.source}
+    if _needs_parts(template):
+        out["parts"] = list(template.parts)
+    return out
+
+
+def _template_from(source: Any, parts: Any, where: str) -> Template:
+    if not isinstance(source, str):
+        raise PlanError(f"deserialize: {where}: template should be a string")
+    if parts is None:
+        return Template.parse(source)
+    if not (isinstance(parts, list) and len(parts) % 2 == 1 and all(isinstance(p, str) for p in parts)
+            and all(parts[1::2])):
+        raise PlanError(f"deserialize: {where}: template parts should be an odd-length list of strings")
+    return Template(source, tuple(parts))
 
 
 def _plain(value: Any, where: str) -> Any:
@@ -531,7 +560,7 @@ class _Reader:
     def semantic(self, op: str, value: dict[str, Any], where: str) -> Node:
         cls = _SEMANTIC[op]
         names = [f.name for f in dataclasses.fields(cls) if f.init and f.name != "child"]
-        obj = self._obj(value, where, ("op", "input", "template", "spec"), tuple(names))
+        obj = self._obj(value, where, ("op", "input", "template", "spec"), (*names, "template_parts"))
         child = self.node(obj["input"], f"{where} input")
         kwargs: dict[str, Any] = {}
         for name in names:
@@ -539,9 +568,7 @@ class _Reader:
                 continue
             raw = obj[name]
             if name == "template":
-                if not isinstance(raw, str):
-                    raise PlanError(f"deserialize: {where}: template should be a string")
-                kwargs[name] = Template.parse(raw)
+                kwargs[name] = _template_from(raw, obj.get("template_parts"), where)
             elif name == "spec":
                 kwargs[name] = self.spec(raw, where)
             else:
@@ -562,8 +589,8 @@ class _Reader:
         if isinstance(value, dict):
             if "op" in value:
                 return self.node(value, where)
-            if set(value) == {"template"} and isinstance(value["template"], str):
-                return Template.parse(value["template"])
+            if set(value) in ({"template"}, {"template", "parts"}):
+                return _template_from(value["template"], value.get("parts"), where)
             if set(value) == {"spec"}:
                 return self.spec(value["spec"], where)
             if set(value) == {"expr"}:
