@@ -21,7 +21,7 @@ import polars as pl
 
 from semframe.errors import PlanError
 from semframe.plan.nodes import RESERVED_PREFIX, Needed, Node, Schema
-from semframe.plan.semantic import SemanticNode, engine_label
+from semframe.plan.semantic import SemanticNode, option_flags
 from semframe.plan.spec import JsonSpec, OutputSpec, TextSpec
 from semframe.plan.template import Template
 
@@ -161,10 +161,7 @@ class SemAggregate(SemanticNode):
         flags = [f"by {', '.join(self.by)}" if self.by else "one group", f"max_tokens={self.effective_max_tokens}"]
         if self.context_window is not None:
             flags.append(f"context_window={self.context_window}")
-        if self.cache is False:
-            flags.append("exact cache off")
-        if self.engine is not None:
-            flags.append(f"engine {engine_label(self.engine)}")
+        flags += option_flags(self)
         return f"SEMANTIC AGGREGATE -> {self.name} [{self.spec.describe()}; {', '.join(flags)}]"
 
     def detail_lines(self) -> list[str]:

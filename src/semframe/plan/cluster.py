@@ -22,7 +22,7 @@ import polars as pl
 
 from semframe.errors import PlanError
 from semframe.plan.nodes import RESERVED_PREFIX, Needed, Node, Schema
-from semframe.plan.semantic import SemanticNode, engine_label
+from semframe.plan.semantic import SemanticNode, option_flags
 from semframe.plan.template import Template
 
 #: The question a dedup asks about each candidate pair when none is given.
@@ -110,11 +110,7 @@ class _WholeColumnStep(SemanticNode):
         flags = []
         if self.embedder is not None:  # type: ignore[attr-defined]
             flags.append(f"embedder {embedder_label(self.embedder)}")  # type: ignore[attr-defined]
-        if self.cache is False:  # type: ignore[attr-defined]
-            flags.append("exact cache off")
-        if self.engine is not None:
-            flags.append(f"engine {engine_label(self.engine)}")
-        return flags
+        return flags + option_flags(self)
 
 
 @dataclass(frozen=True)

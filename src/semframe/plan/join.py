@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from semframe.errors import PlanError
 from semframe.plan.nodes import RESERVED_PREFIX, Needed, Node, Scan, Schema
-from semframe.plan.semantic import SemanticNode, engine_label
+from semframe.plan.semantic import SemanticNode, option_flags
 from semframe.plan.spec import ChoiceSpec
 from semframe.plan.template import Template, check_renderable
 
@@ -270,12 +270,7 @@ class SemJoin(SemanticNode):
         flags = [f"how={self.how}", f"algorithm={self.algorithm}"]
         if self.algorithm in ("auto", "blocking"):
             flags.append(f"candidates={self.candidates}, audit={self.audit}")
-        if self.temperature:
-            flags.append(f"temperature={self.temperature:g}")
-        if self.cache is False:
-            flags.append("exact cache off")
-        if self.engine is not None:
-            flags.append(f"engine {engine_label(self.engine)}")
+        flags += option_flags(self)
         return f"SEMANTIC JOIN [{', '.join(flags)}]"
 
     def detail_lines(self) -> list[str]:

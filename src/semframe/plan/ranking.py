@@ -22,7 +22,7 @@ import polars as pl
 
 from semframe.errors import PlanError
 from semframe.plan.nodes import RESERVED_PREFIX, Needed, Node, Schema
-from semframe.plan.semantic import SemanticNode, engine_label
+from semframe.plan.semantic import SemanticNode, option_flags
 from semframe.plan.spec import ChoiceSpec
 from semframe.plan.template import Template
 
@@ -155,11 +155,7 @@ class SemRank(SemanticNode):
         flags = [self.effective_algorithm + (" (auto)" if self.algorithm == "auto" else "")]
         if self.effective_algorithm == "quickselect":
             flags.append("both orders" if self.both_orders else "one order")
-        if self.cache is False:
-            flags.append("exact cache off")
-        if self.engine is not None:
-            flags.append(f"engine {engine_label(self.engine)}")
-        return flags
+        return flags + option_flags(self)
 
     def head_label(self) -> str:
         return f"SEMANTIC {self.operator.upper()}" + (f" {self.k}" if self.k is not None else "")

@@ -163,6 +163,19 @@ class SemanticStep(SemanticNode):
         return lines
 
 
+def option_flags(node: Any) -> list[str]:
+    """What explain shows of the options every semantic node may have: a non-zero temperature,
+    the exact cache turned off, the step's own engine (in that order)."""
+    flags = []
+    if getattr(node, "temperature", 0):
+        flags.append(f"temperature={node.temperature:g}")
+    if getattr(node, "cache", None) is False:
+        flags.append("exact cache off")
+    if getattr(node, "engine", None) is not None:
+        flags.append(f"engine {engine_label(node.engine)}")
+    return flags
+
+
 def engine_label(engine: Any) -> str:
     """How plans show a step's engine: its name, or the engine's own name and model."""
     if isinstance(engine, str):
