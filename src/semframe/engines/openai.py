@@ -59,6 +59,7 @@ from semframe.plan.spec import ChoiceSpec, JsonSpec, TextSpec
 logger = logging.getLogger("semframe")
 
 STRUCTURED_MODES = ("auto", "vllm", "openai", "none")
+LABEL_DECODING_MODES = ("auto", "one_token", "grammar")
 #: HTTP statuses worth retrying besides 5xx: request timeout, conflict (OpenAI's advice), rate limit.
 _RETRY_STATUSES = frozenset({408, 409, 429})
 #: Prompt tokens over the heuristic estimate assumed before the server has reported any.
@@ -164,6 +165,14 @@ class OpenAIEngine(ConcurrentEngine):
         fingerprint.
     headers
         Extra HTTP headers (never logged; not part of the fingerprint).
+    label_decoding
+        ``"auto"`` (default), ``"one_token"`` or ``"grammar"``: how a choice is decoded against a
+        vLLM server. ``"one_token"``: where the labels each begin with a token of their own (the
+        in-process engine's rule, ``build_label_table``, over the server's ``/tokenize``), one
+        decode step restricted to those tokens (``max_tokens: 1``, ``allowed_token_ids``), the
+        token mapped back to its label; other label sets use the grammar. ``"auto"``:
+        ``"one_token"`` where ``structured`` is ``"vllm"`` and the server answers ``/tokenize``,
+        else ``"grammar"`` (decided once, logged). Part of the fingerprint (``choice_decoding``).
 
     Examples
     --------
@@ -184,7 +193,7 @@ class OpenAIEngine(ConcurrentEngine):
                  tokens_per_minute: float | None = None, timeout_s: float = 120.0, max_attempts: int = 8,
                  structured: str = "auto", prices: Any = None, extra_body: dict[str, Any] | None = None,
                  headers: dict[str, str] | None = None, backoff_s: float = 0.5, max_backoff_s: float = 30.0,
-                 max_retry_after_s: float = 120.0) -> None:
+                 max_retry_after_s: float = 120.0, label_decoding: str = "auto") -> None:
         super().__init__(max_concurrency=max_concurrency, requests_per_minute=requests_per_minute,
                          tokens_per_minute=tokens_per_minute, timeout_s=timeout_s, max_attempts=max_attempts,
                          backoff_s=backoff_s, max_backoff_s=max_backoff_s, max_retry_after_s=max_retry_after_s)
@@ -201,8 +210,14 @@ class OpenAIEngine(ConcurrentEngine):
         self._url_secret = self._auth[1] if self._auth else None
         if self._api_key is not None:
             self._auth = None
+        if label_decoding not in LABEL_DECODING_MODES:
+            raise EngineError(f"label_decoding must be one of {', '.join(map(repr, LABEL_DECODING_MODES))}, "
+                              f"got {label_decoding!r}")
         self._model = model
         self._structured = structured
+        self._label_decoding = label_decoding
+        self._label_tables: dict[tuple[str, ...], Any] = {}
+        self._tokenizer: _HTTPTokenizer | None = None
         self.pricing = _pricing(prices)
         self._extra_body = dict(extra_body or {})
         self._headers = {k: _Secret(v) for k, v in (headers or {}).items()}
@@ -229,6 +244,60 @@ class OpenAIEngine(ConcurrentEngine):
             entry = self._entry()
             self._structured = "vllm" if entry is not None and entry.get("owned_by") == "vllm" else "openai"
         return self._structured
+
+    @property
+    def label_decoding(self) -> str:
+        """How a choice is decoded: ``"one_token"`` or ``"grammar"`` (``"auto"`` resolved once:
+        one token where the server answers vLLM's ``/tokenize``, else the grammar)."""
+        if self._label_decoding == "auto":
+            ok = self.structured == "vllm" and self._http_tokenizer().available()
+            self._label_decoding = "one_token" if ok else "grammar"
+            logger.info("%s: choices decode %s", self.base_url,
+                        "in one token where the labels allow (the server answers /tokenize)" if ok
+                        else "through the grammar (the server has no vLLM /tokenize)")
+        return self._label_decoding
+
+    def _http_tokenizer(self) -> _HTTPTokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = _HTTPTokenizer(self)
+        return self._tokenizer
+
+    def label_table(self, labels: Sequence[str]) -> Any:
+        """The one-step table of a choice over ``labels`` from the server's own tokenizer, or None
+        (the grammar path): the in-process engine's rule (``build_label_table``) over ``/tokenize``.
+        Computed once per label set; None wherever the server cannot tokenize."""
+        labels = tuple(labels)
+        if labels not in self._label_tables:
+            from semframe.engines.vllm import build_label_table
+
+            try:
+                table = build_label_table(self._http_tokenizer(), labels)
+            except _NoTokenizer as exc:
+                logger.info("%s: cannot tokenize the labels (%s): the grammar decides", self.base_url, exc)
+                table = None
+            if table is None:
+                logger.info("%s: labels %s need the grammar (a shared first token)", self.base_url, list(labels))
+            self._label_tables[labels] = table
+        return self._label_tables[labels]
+
+    def _one_step(self, request: Request) -> Any:
+        """The label table to decode ``request`` with in one step, or None (grammar or no choice)."""
+        spec = request.spec
+        if not isinstance(spec, ChoiceSpec) or self.structured == "none" or self.label_decoding != "one_token":
+            return None
+        table = self.label_table(spec.labels)
+        if table is None or request.max_tokens <= table.longest:
+            return None
+        return table
+
+    def label_output_tokens(self, labels: Sequence[str], max_tokens: int | None = None) -> int | None:
+        """1 where a choice over ``labels`` (with ``max_tokens``) is decoded in one step, else None."""
+        if self.structured == "none" or self.label_decoding != "one_token":
+            return None
+        table = self.label_table(labels)
+        if table is None or (max_tokens is not None and max_tokens <= table.longest):
+            return None
+        return 1
 
     @property
     def constrained_decoding(self) -> bool:  # type: ignore[override]
@@ -264,7 +333,8 @@ class OpenAIEngine(ConcurrentEngine):
             if entry.get("owned_by") != "vllm" and entry.get("created") is not None:
                 server["created"] = entry["created"]  # vLLM's is the time of the request: left out
         return {"engine": self.name, "v": 1, "base_url": self.base_url, "model": self.model, "server": server,
-                "structured": self.structured, "extra_body": self._extra_body}
+                "structured": self.structured, "extra_body": self._extra_body,
+                "choice_decoding": self.label_decoding}
 
     def fingerprint(self) -> str:
         """A digest of the server's model and the options that change answers (computed once)."""
@@ -378,7 +448,8 @@ class OpenAIEngine(ConcurrentEngine):
         raise EngineError(f"cannot reach the server at {self.base_url} (GET /models): "
                           f"{type(last).__name__}: {self._redact(str(last))}")
 
-    def _body(self, request: Request, messages: Sequence[Message], constrain: bool) -> dict[str, Any]:
+    def _body(self, request: Request, messages: Sequence[Message], constrain: bool,
+              table: Any = None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": m.role, "content": m.content} for m in messages],
@@ -389,6 +460,16 @@ class OpenAIEngine(ConcurrentEngine):
         body["max_completion_tokens" if host.endswith("openai.com") else "max_tokens"] = request.max_tokens
         spec = request.spec
         mode = self.structured
+        if table is not None:
+            # One decode step among the labels' tokens; the token comes back as its id.
+            allowed = table.allowed
+            body["max_tokens"] = 1
+            body["allowed_token_ids"] = allowed
+            body["logprobs"] = True
+            body["top_logprobs"] = min(len(allowed), _TOP_LOGPROBS)
+            body["return_tokens_as_token_ids"] = True
+            body.update(self._extra_body)
+            return body
         if constrain and mode == "vllm":
             if isinstance(spec, ChoiceSpec):
                 body["structured_outputs"] = {"choice": list(spec.labels)}
@@ -469,7 +550,49 @@ class OpenAIEngine(ConcurrentEngine):
             probabilities = _label_probabilities(request.spec, raw_text, text, choice.get("logprobs"))
         return RawCompletion(text, finish, prompt, cached, output, probabilities=probabilities)
 
+    def _read_one_step(self, request: Request, table: Any, data: dict[str, Any]) -> RawCompletion:
+        """The label a one-step answer's token stands for, with the labels' probabilities (those of
+        the allowed tokens among the server's top log-probabilities, renormalised over them)."""
+        choice = data["choices"][0] if isinstance(data["choices"][0], dict) else {}
+        usage = data.get("usage") or {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+        cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+        output = int(usage.get("completion_tokens") or 0)
+        if prompt:
+            self._max_ratio = max(self._max_ratio, prompt / self._prompt_estimate(request))
+        content = (choice.get("logprobs") or {}).get("content") or []
+        first = content[0] if content and isinstance(content[0], dict) else {}
+        token = _token_id(first.get("token"))
+        if token is None or token not in table.tokens:
+            text = (choice.get("message") or {}).get("content")
+            return RawCompletion(None, "error", prompt, cached, output,
+                                 error=f"the server answered {str(text)[:40]!r} (token {first.get('token')!r}) "
+                                       "outside the labels' tokens")
+        label = table.labels[table.tokens[token]]
+        logprobs: dict[int, float] = {}
+        for entry in [first, *(first.get("top_logprobs") or [])]:
+            tid = _token_id(entry.get("token")) if isinstance(entry, dict) else None
+            lp = entry.get("logprob") if isinstance(entry, dict) else None
+            if tid in table.tokens and isinstance(lp, (int, float)) and lp == lp:
+                logprobs.setdefault(tid, float(lp))
+        probabilities = None
+        top = max(logprobs.values(), default=float("-inf"))
+        if top != float("-inf"):
+            mass = [0.0] * len(table.labels)
+            for tid, lp in logprobs.items():
+                mass[table.tokens[tid]] += math.exp(lp - top)
+            total = sum(mass)
+            probabilities = {name: m / total for name, m in zip(table.labels, mass)}
+        return RawCompletion(label, "stop", prompt, cached, output or 1, probabilities=probabilities)
+
     async def _send(self, request: Request, messages: Sequence[Message], constrain: bool) -> RawCompletion:
+        table = self._label_tables.get(tuple(request.spec.labels)) if (
+            constrain and isinstance(request.spec, ChoiceSpec) and self._label_decoding == "one_token"
+            and self.structured != "none") else None
+        if table is not None and request.max_tokens <= table.longest:
+            table = None
+        if table is not None:
+            return self._read_one_step(request, table, await self._post(self._body(request, messages, True, table)))
         body = self._body(request, messages, constrain)
         try:
             return self._read(request, await self._post(body))
@@ -489,6 +612,9 @@ class OpenAIEngine(ConcurrentEngine):
         # Resolved here, before the batch goes to the loop (each may ask the server once).
         self.model  # noqa: B018
         self.structured  # noqa: B018
+        self.label_decoding  # noqa: B018
+        for request in requests:  # the label tables, once per label set (synchronous /tokenize calls)
+            self._one_step(request)
         return super()._generate(requests)
 
     async def _acall(self, request: Request) -> RawCompletion:
@@ -521,6 +647,107 @@ class OpenAIEngine(ConcurrentEngine):
                                      error=f"invalid answer after one re-ask: {exc} (first answer: {first_error})")
         return RawCompletion(again.text, again.finish_reason, p, c, o, error=again.error,
                              attempts=raw.attempts + again.attempts, note=note)
+
+
+class _NoTokenizer(Exception):
+    """The server does not tokenize (no vLLM ``/tokenize``)."""
+
+
+class _HTTPTokenizer:
+    """The few tokenizer calls ``build_label_table`` makes, answered by the server's own tokenizer
+    over vLLM's ``POST /tokenize`` and ``/detokenize`` (at the server root, beside ``/v1``); each
+    answer is cached. Special ids are the ones the tokenizer adds around an empty prompt (BOS)
+    and the chat template's tokens that are not plain text."""
+
+    def __init__(self, engine: OpenAIEngine):
+        self._engine = engine
+        parts = urllib.parse.urlsplit(engine.base_url)
+        path = parts.path[:-3] if parts.path.endswith("/v1") else parts.path
+        self._root = urllib.parse.urlunsplit((parts.scheme, parts.netloc, path.rstrip("/"), "", ""))
+        self._cache: dict[Any, Any] = {}
+        self._ok: bool | None = None
+        self._specials: list[int] | None = None
+
+    def _call(self, endpoint: str, payload: dict[str, Any]) -> dict[str, Any]:
+        import httpx
+
+        key = (endpoint, json.dumps(payload, sort_keys=True))
+        if key in self._cache:
+            return self._cache[key]
+        engine = self._engine
+        auth = (engine._auth[0], engine._auth[1].reveal()) if engine._auth else None
+        try:
+            resp = httpx.post(f"{self._root}/{endpoint}", json={"model": engine.model, **payload},
+                              headers=engine._http_headers(), auth=auth, timeout=min(30.0, engine.timeout_s),
+                              follow_redirects=False)
+        except httpx.HTTPError as exc:
+            raise _NoTokenizer(f"POST /{endpoint}: {type(exc).__name__}") from None
+        if resp.status_code != 200:
+            raise _NoTokenizer(f"POST /{endpoint}: HTTP {resp.status_code}")
+        try:
+            data = resp.json()
+        except ValueError:
+            raise _NoTokenizer(f"POST /{endpoint}: not JSON") from None
+        if not isinstance(data, dict):
+            raise _NoTokenizer(f"POST /{endpoint}: unexpected answer")
+        self._cache[key] = data
+        return data
+
+    def available(self) -> bool:
+        """Whether the server answers ``/tokenize`` with token ids (asked once)."""
+        if self._ok is None:
+            try:
+                self._ok = isinstance(self.encode("Yes", add_special_tokens=False), list)
+            except _NoTokenizer:
+                self._ok = False
+        return self._ok
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        tokens = self._call("tokenize", {"prompt": text, "add_special_tokens": add_special_tokens}).get("tokens")
+        if not isinstance(tokens, list):
+            raise _NoTokenizer("POST /tokenize: no tokens")
+        return [int(t) for t in tokens]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False,
+               clean_up_tokenization_spaces: bool = False) -> str:
+        text = self._call("detokenize", {"tokens": [int(t) for t in ids]}).get("prompt")
+        if not isinstance(text, str):
+            raise _NoTokenizer("POST /detokenize: no text")
+        return text
+
+    def apply_chat_template(self, messages: list[dict[str, str]], tokenize: bool = False,
+                            add_generation_prompt: bool = True, chat_template: str | None = None) -> Any:
+        payload: dict[str, Any] = {"messages": messages, "add_generation_prompt": add_generation_prompt}
+        if chat_template is not None:
+            payload["chat_template"] = chat_template
+        tokens = self._call("tokenize", payload).get("tokens")
+        if not isinstance(tokens, list):
+            raise _NoTokenizer("POST /tokenize (chat): no tokens")
+        return [int(t) for t in tokens] if tokenize else self.decode(tokens)
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        if self._specials is None:
+            specials = set(self.encode("", add_special_tokens=True))
+            chat = self.apply_chat_template([{"role": "user", "content": "x"}], tokenize=True)
+            for token in chat:  # a chat-template token that does not round-trip as text is special
+                text = self.decode([token])
+                if text and self.encode(text, add_special_tokens=False) != [token] and text.startswith("<"):
+                    specials.add(token)
+                elif text.startswith("<") and text.endswith(">") and len(text) > 2:
+                    specials.add(token)
+            self._specials = sorted(specials)
+        return self._specials
+
+
+def _token_id(token: Any) -> int | None:
+    """The id in vLLM's ``token_id:123`` (``return_tokens_as_token_ids``), else None."""
+    if isinstance(token, str) and token.startswith("token_id:"):
+        try:
+            return int(token[len("token_id:"):])
+        except ValueError:
+            return None
+    return None
 
 
 def _error_text(resp: Any) -> str:
