@@ -251,7 +251,7 @@ class AggregateOp(SemanticOperator):
         frame = batch.frame
         n = frame.height
         ids = batch.ids
-        rank = ids if ids.dtype == pl.UInt32 and ids.null_count() == 0 else pl.Series(range(n), dtype=pl.UInt32)
+        rank = _id_rank(ids)
         texts, _ = render_texts(node.template, frame)
         work = pl.DataFrame([pl.Series("__sf_pos", range(n), dtype=pl.UInt32), rank.alias("__sf_rank")])
         keys = [*node.by, *[c for c in node.order_by if c not in node.by]]
@@ -528,3 +528,21 @@ class AggregateOp(SemanticOperator):
             return None
         return len(levels)
 
+
+def _id_rank(ids: pl.Series) -> pl.Series:
+    """Each row's place in input-row order: its scan row; for a join's ``{left, right}`` pairs, the
+    pairs in (left, right) order -- whatever order the rows arrived in (a polars join does not keep
+    one); where provenance cannot be ordered (lost, or lists), the arrival order."""
+    n = len(ids)
+    if ids.dtype == pl.UInt32 and ids.null_count() == 0:
+        return ids
+    if isinstance(ids.dtype, pl.Struct) and ids.null_count() == 0:
+        try:
+            order = pl.DataFrame({"id": ids}).with_row_index("pos").sort("id", maintain_order=True)["pos"]
+        except pl.exceptions.PolarsError:  # pragma: no cover - a provenance polars cannot sort
+            return pl.Series(range(n), dtype=pl.UInt32)
+        rank = [0] * n
+        for k, pos in enumerate(order.to_list()):
+            rank[pos] = k
+        return pl.Series(rank, dtype=pl.UInt32)
+    return pl.Series(range(n), dtype=pl.UInt32)
