@@ -499,10 +499,7 @@ class AggregateOp(SemanticOperator):
         if levels is not None:
             packing += f", up to {levels} level{'s' if levels != 1 else ''}"
         flags = [f"by {', '.join(node.by)}" if node.by else "one group", packing, f"max_tokens={mt}"]
-        if self.dedupe:
-            flags.append("dedupe")
-        flags.append("shared prefix first" if self.options.prompt_layout == "shared_first" else "inline prompt")
-        flags.append("exact cache" if self.exact_cache else "exact cache off")
+        flags += self.planning_flags()
         if node.engine is not None:
             flags.append(f"engine {engine_label(node.engine)}")
         return (f"SEMANTIC AGGREGATE -> {node.name} (step {self.index}) "

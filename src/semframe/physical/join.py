@@ -566,10 +566,7 @@ class JoinOp(SemanticOperator):
         if node.algorithm in ("auto", "blocking"):
             flags.append(f"candidates={node.candidates}, audit={node.audit}")
         flags.append(f"max_tokens={node.effective_max_tokens}")
-        if self.dedupe:
-            flags.append("dedupe")
-        flags.append("shared prefix first" if self.options.prompt_layout == "shared_first" else "inline prompt")
-        flags.append("exact cache" if self.exact_cache else "exact cache off")
+        flags += self.planning_flags()
         if node.temperature:
             flags.append(f"temperature={node.temperature:g}")
         return f"SEMANTIC JOIN (step {self.index}) [{', '.join(flags)}]"

@@ -87,6 +87,13 @@ class SemanticOperator(PhysicalOp):
                         engine=engine, dedupe=self.dedupe, exact_cache=self.exact_cache,
                         semantic_threshold=getattr(node, "semantic_cache", None), semantic_key=self.semantic_key())
 
+    def planning_flags(self) -> list[str]:
+        """What explain shows of the planner's choices for the step: dedupe, the prompt layout,
+        the exact cache."""
+        return [*(["dedupe"] if self.dedupe else []),
+                "shared prefix first" if self.options.prompt_layout == "shared_first" else "inline prompt",
+                "exact cache" if self.exact_cache else "exact cache off"]
+
     def open_step(self, ctx: RunContext, expected: int | None = None) -> StepRun:
         """Register the step's metrics and progress line; ``expected``: its input rows, if known."""
         node = self.node
@@ -178,10 +185,7 @@ class RowOperator(SemanticOperator):
 
     def describe(self) -> str:
         flags = [f"max_tokens={self.node.effective_max_tokens}"]
-        if self.dedupe:
-            flags.append("dedupe")
-        flags.append("shared prefix first" if self.options.prompt_layout == "shared_first" else "inline prompt")
-        flags.append("exact cache" if self.exact_cache else "exact cache off")
+        flags += self.planning_flags()
         if self.node.semantic_cache is not None:
             flags.append(f"semantic cache >= {self.node.semantic_cache:g}")
         if self.node.temperature:
