@@ -24,7 +24,8 @@ Kinds: ``"429"`` (no Retry-After), ``"429_retry_after"`` (``Retry-After: 1``), `
 that is not JSON), ``"truncated"`` (200 with half the JSON), ``"slow"`` (answers after ``slow_s``).
 
 With ``upstream="http://127.0.0.1:PORT"`` it is a fault-injecting proxy: answers come from that
-server instead (a real ``vllm serve``).
+server instead (a real ``vllm serve``); its tokenizer endpoints (``/tokenize``, ``/detokenize``)
+and ``/metrics`` are forwarded without faults, so the engine decodes and aligns as it would there.
 """
 
 from __future__ import annotations
@@ -309,6 +310,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(status, payload)
                 return
             self._json(200, owner.models_body())
+        elif owner.upstream and self.path.rstrip("/") == "/metrics":
+            self._send(*_forward(owner.upstream + "/metrics", None), content_type="text/plain")
         else:
             self._json(404, {"error": {"message": f"no route {self.path}"}})
 
@@ -316,6 +319,9 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server_owner
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
+        if owner.upstream and self.path.rstrip("/") in ("/tokenize", "/detokenize"):
+            self._send(*_forward(owner.upstream + self.path.rstrip("/"), raw))  # tokenizer calls: no faults
+            return
         if self.path.rstrip("/") != "/v1/chat/completions":
             self._json(404, {"error": {"message": f"no route {self.path}"}})
             return

@@ -10,7 +10,10 @@ prediction allows. For an engine billed by the token (``engine.pricing``, e.g.
 batch at the most it can bill (the prompts, counted as the engine counts them, none of them
 discounted as cached, and every answer at ``max_tokens``; a re-ask included where the engine may
 make one, :meth:`~semframe.engines.base.Engine.token_bound`). The whole batch is checked before
-any of it is sent, so the limit holds however many of its requests are in flight at once.
+any of it is sent, so the limit holds however many of its requests are in flight at once --
+and however many batches: a batch sent while an earlier one is still being answered (the
+executor pipelines batches to a remote engine) is checked against what is spent *plus* the
+worst case of every batch still in flight, which each reserves until its answers are counted.
 When a batch would go over, it raises :class:`semframe.BudgetExceeded`;
 the executor then returns everything already answered with the error (``err.result``), and
 every answer already given is in the persistent cache for the next run.
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from semframe.accounting.prices import MachinePrice
@@ -71,6 +74,9 @@ class Budget:
     spent_requests: int = 0
     #: USD spent on engines billed by the token (their seconds are not in ``spent_seconds``).
     spent_token_usd: float = 0.0
+    #: Worst cases (tokens, token USD, engine seconds) of the batches sent and not yet counted,
+    #: by step (each step's batches are counted in the order they were sent).
+    reserved: dict[Any, list[tuple[int, float, float]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 0):
@@ -86,10 +92,17 @@ class Budget:
         local = self.machine.cost(self.spent_seconds) if self.machine is not None else 0.0
         return local + self.spent_token_usd
 
-    def check(self, requests: Sequence[Request], where: str = "", engine: Any = None) -> None:
+    def check(self, requests: Sequence[Request], where: str = "", engine: Any = None, *,
+              reserve: Any = None) -> None:
         """Raise :class:`BudgetExceeded` if sending ``requests`` (to ``engine``, default the
-        run's) could take the run past a limit."""
+        run's) could take the run past a limit, counting the batches still in flight at their
+        worst case. ``reserve`` (a step's key): the batch is sent, so hold its worst case under that
+        key until :meth:`spend` counts it."""
         engine = self.engine if engine is None else engine
+        held = [r for rs in self.reserved.values() for r in rs]
+        held_tokens = sum(r[0] for r in held)
+        held_usd = sum(r[1] for r in held)
+        held_seconds = sum(r[2] for r in held)
         prompt = output = 0
         for r in requests:
             p = request_prompt_tokens(r, engine)
@@ -99,18 +112,20 @@ class Budget:
                 o = r.max_tokens
             prompt += p
             output += o
-        if self.max_tokens is not None and self.spent_tokens + prompt + output > self.max_tokens:
+        if self.max_tokens is not None and self.spent_tokens + held_tokens + prompt + output > self.max_tokens:
             raise BudgetExceeded(
                 f"stopped before {where or 'an engine batch'}: its {len(requests):,} requests could use up to "
                 f"{prompt + output:,} tokens ({prompt:,} prompt + {output:,} output at max_tokens), taking the "
-                f"run past max_tokens={self.max_tokens:,} (spent {self.spent_tokens:,}). Everything answered "
+                f"run past max_tokens={self.max_tokens:,} (spent {self.spent_tokens:,}"
+                f"{f', up to {held_tokens:,} more in flight' if held_tokens else ''}). Everything answered "
                 "so far is in err.result (and in the exact cache, when it is on); rerun with a larger max_tokens to go on.",
                 spent_tokens=self.spent_tokens, spent_usd=self.spent_usd,
             )
         pricing = engine.pricing if isinstance(engine, Engine) else None
+        cost = seconds = 0.0
         if self.max_cost is not None and pricing is not None:
             cost = pricing.cost(prompt_tokens=prompt, output_tokens=output)
-            if self.spent_usd + cost > self.max_cost:
+            if self.spent_usd + held_usd + self._machine_cost(held_seconds) + cost > self.max_cost:
                 raise BudgetExceeded(
                     f"stopped before {where or 'an engine batch'}: its {len(requests):,} requests could cost up to "
                     f"${cost:.6f} ({prompt:,} prompt + {output:,} output tokens at {pricing.model}'s prices: "
@@ -121,7 +136,8 @@ class Budget:
                 )
         elif self.max_cost is not None:
             seconds = self._predict_seconds(len(requests), prompt, output)
-            predicted = self.machine.cost(self.spent_seconds + seconds) + self.spent_token_usd  # type: ignore[union-attr]
+            predicted = (self.machine.cost(self.spent_seconds + held_seconds + seconds)  # type: ignore[union-attr]
+                         + self.spent_token_usd + held_usd)
             if predicted > self.max_cost:
                 raise BudgetExceeded(
                     f"stopped before {where or 'an engine batch'}: its {len(requests):,} requests would take "
@@ -132,9 +148,18 @@ class Budget:
                     spent_tokens=self.spent_tokens, spent_usd=self.spent_usd,
                 )
 
-    def spend(self, completions: Sequence[Completion], engine: Any = None) -> None:
-        """Count what an engine batch (of ``engine``, default the run's) actually used."""
+        if reserve is not None:
+            self.reserved.setdefault(reserve, []).append((prompt + output, cost, seconds))
+
+    def _machine_cost(self, seconds: float) -> float:
+        return self.machine.cost(seconds) if (self.machine is not None and seconds) else 0.0
+
+    def spend(self, completions: Sequence[Completion], engine: Any = None, *, reserved: Any = None) -> None:
+        """Count what an engine batch (of ``engine``, default the run's) actually used, and free
+        the oldest reservation held under ``reserved`` (the step's key)."""
         engine = self.engine if engine is None else engine
+        if self.reserved.get(reserved):
+            self.reserved[reserved].pop(0)
         pricing = engine.pricing if isinstance(engine, Engine) else None
         for c in completions:
             self.spent_tokens += c.prompt_tokens + c.output_tokens
@@ -150,10 +175,10 @@ class Budget:
 
     def before_engine_batch(self, step: Any, requests: Sequence[Request]) -> None:
         self.check(requests, f"engine batch {step.metrics.engine_batches + 1} of {step.where}",
-                   getattr(step, "engine", None))
+                   getattr(step, "engine", None), reserve=step.index)
 
     def after_engine_batch(self, step: Any, completions: Sequence[Completion]) -> None:
-        self.spend(completions, getattr(step, "engine", None))
+        self.spend(completions, getattr(step, "engine", None), reserved=step.index)
 
     def _predict_seconds(self, n: int, prompt: int, output: int) -> float:
         if self.spent_requests:

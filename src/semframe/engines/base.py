@@ -256,6 +256,11 @@ class Engine(ABC):
     #: The most tokens (prompt plus answer) one request may take; None: unknown (an operator that
     #: packs rows into requests, such as ``semantic.aggregate``, then assumes a default).
     context_window: int | None = None
+    #: Whether the engine answers a batch without the calling process's CPU (a remote server:
+    #: its own thread only waits on the network), so that the executor may send the next batch
+    #: of a step while it attaches this one's answers (see ``AnswerResolver.submit``). Also
+    #: whether :meth:`generate` may be called from a thread other than the one that made it.
+    pipelined: bool = False
 
     def __init__(self) -> None:
         self.usage = EngineUsage()

@@ -232,6 +232,8 @@ class ConcurrentEngine(Engine):
     """
 
     name = "concurrent"
+    #: Requests run on the engine's own loop thread: the caller's thread only waits.
+    pipelined = True
 
     def __init__(self, *, max_concurrency: int = 32, requests_per_minute: float | None = None,
                  tokens_per_minute: float | None = None, timeout_s: float = 120.0, max_attempts: int = 8,

@@ -35,6 +35,13 @@ serves (its ``/v1/models`` entry: id, root, max_model_len, owned_by, and ``creat
 vLLM, where it is the time of the request), the base URL without credentials and the options
 that change answers. The API key never appears in reprs, logs, errors, lineage, caches or
 fingerprints.
+
+Against a vLLM server with prefix caching (its ``/metrics`` report the cache's block size),
+``align_prefix=True`` (default) pads the end of a prompt's first message with ``" ."`` tokens so
+that the last message -- the row's text -- starts on a KV block boundary: vLLM's prefix cache
+reuses whole blocks only, so every token of the shared instruction is then reused (the in-process
+engine's ``align_prefix``; the pad count comes from the server's own ``/tokenize``, three calls per
+distinct instruction, once).
 """
 
 from __future__ import annotations
@@ -66,6 +73,14 @@ _RETRY_STATUSES = frozenset({408, 409, 429})
 _FIRST_PROMPT_RATIO = 2.0
 #: Log-probabilities asked for at each answer token of a choice (OpenAI's and vLLM's default maximum).
 _TOP_LOGPROBS = 20
+#: The text whose token pads a shared prefix to a block boundary (``align_prefix``).
+_PAD_TEXT = " ."
+#: Distinct shared prefixes whose pad is worked out per batch (3 ``/tokenize`` calls each).
+_NEW_PREFIXES_PER_BATCH = 16
+#: Two last-message contents that share no first token: where their renderings part is where the
+#: row's own tokens begin. (Not private-use characters: their byte tokens share a first byte.)
+_PROBES = ("A", "Z")
+_UNRESOLVED: Any = object()
 #: What the re-ask says (the validation error follows).
 _REASK = ("Your answer could not be used: {error}. Answer again with only {expected}, "
           "nothing else.")
@@ -173,6 +188,11 @@ class OpenAIEngine(ConcurrentEngine):
         token mapped back to its label; other label sets use the grammar. ``"auto"``:
         ``"one_token"`` where ``structured`` is ``"vllm"`` and the server answers ``/tokenize``,
         else ``"grammar"`` (decided once, logged). Part of the fingerprint (``choice_decoding``).
+    align_prefix
+        True (default): against a vLLM server whose ``/metrics`` report prefix caching, pad each
+        prompt's first message so the last one starts on a KV block boundary (see the module
+        docstring); the block size is part of the fingerprint then. No effect on other servers.
+        False: prompts as built.
 
     Examples
     --------
@@ -193,7 +213,8 @@ class OpenAIEngine(ConcurrentEngine):
                  tokens_per_minute: float | None = None, timeout_s: float = 120.0, max_attempts: int = 8,
                  structured: str = "auto", prices: Any = None, extra_body: dict[str, Any] | None = None,
                  headers: dict[str, str] | None = None, backoff_s: float = 0.5, max_backoff_s: float = 30.0,
-                 max_retry_after_s: float = 120.0, label_decoding: str = "auto") -> None:
+                 max_retry_after_s: float = 120.0, label_decoding: str = "auto",
+                 align_prefix: bool = True) -> None:
         super().__init__(max_concurrency=max_concurrency, requests_per_minute=requests_per_minute,
                          tokens_per_minute=tokens_per_minute, timeout_s=timeout_s, max_attempts=max_attempts,
                          backoff_s=backoff_s, max_backoff_s=max_backoff_s, max_retry_after_s=max_retry_after_s)
@@ -213,6 +234,11 @@ class OpenAIEngine(ConcurrentEngine):
         if label_decoding not in LABEL_DECODING_MODES:
             raise EngineError(f"label_decoding must be one of {', '.join(map(repr, LABEL_DECODING_MODES))}, "
                               f"got {label_decoding!r}")
+        if not isinstance(align_prefix, bool):
+            raise EngineError(f"align_prefix must be True or False, got {align_prefix!r}")
+        self._align_prefix = align_prefix
+        self._prefix_block: Any = _UNRESOLVED if align_prefix else None
+        self._pads: dict[tuple[Any, ...], int] = {}  # shared prefix -> " ." to append (0: none needed or possible)
         self._model = model
         self._structured = structured
         self._label_decoding = label_decoding
@@ -300,6 +326,89 @@ class OpenAIEngine(ConcurrentEngine):
         return 1
 
     @property
+    def prefix_block(self) -> int | None:
+        """The block size prompts are aligned to: the server's prefix-cache block where
+        ``align_prefix`` is on and the server is a vLLM one reporting it, else None (resolved
+        once, logged)."""
+        if self._prefix_block is _UNRESOLVED:
+            block = None
+            if self.structured == "vllm" and self._http_tokenizer().available():
+                block = self._http_tokenizer().prefix_block()
+            self._prefix_block = block
+            logger.info("%s: %s", self.base_url,
+                        f"prompts aligned to the server's {block}-token prefix-cache blocks" if block
+                        else "prompts not aligned (the server reports no prefix-cache block size)")
+        return self._prefix_block
+
+    def _prefix_key(self, messages: Sequence[Message]) -> tuple[Any, ...]:
+        return (*((m.role, m.content) for m in messages[:-1]), messages[-1].role)
+
+    def _align(self, requests: Sequence[Request]) -> None:
+        """Work out the pad of each new shared prefix in ``requests`` (synchronous ``/tokenize``)."""
+        block = self.prefix_block
+        if not block:
+            return
+        new = 0
+        for request in requests:
+            messages = request.messages
+            if len(messages) < 2:
+                continue
+            key = self._prefix_key(messages)
+            if key in self._pads:
+                continue
+            if new >= _NEW_PREFIXES_PER_BATCH:
+                return  # the rest go as built this batch; later batches work theirs out
+            new += 1
+            try:
+                self._pads[key] = self._pad_for(messages, block)
+            except _NoTokenizer as exc:
+                logger.info("%s: cannot align a prompt (%s): sent as built", self.base_url, exc)
+                self._pads[key] = 0
+
+    def _pad_for(self, messages: Sequence[Message], block: int) -> int:
+        """How many ``" ."`` to append to the first message so that the last message's content
+        starts on a block boundary (0: none needed, or no count does it -- e.g. ``" ."`` is two
+        tokens and an odd number is missing -- or the padded rendering is not the plain one plus
+        the pads)."""
+        tok = self._http_tokenizer()
+
+        def render(last: str, units: int = 0) -> list[int]:
+            chat = [{"role": m.role, "content": m.content} for m in messages[:-1]]
+            chat[0]["content"] += _PAD_TEXT * units
+            chat.append({"role": messages[-1].role, "content": last})
+            return tok.apply_chat_template(chat, tokenize=True)
+
+        a, b = render(_PROBES[0]), render(_PROBES[1])
+        shared = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        pad = -shared % block
+        if pad == 0:
+            return 0
+        per_unit = len(render(_PROBES[0], 1)) - len(a)  # tokens one " ." adds (1 for most BPE vocabularies)
+        if per_unit <= 0 or pad % per_unit:
+            return 0
+        units = pad // per_unit
+        padded = render(_PROBES[0], units) if units > 1 else render(_PROBES[0], 1)
+        row = a[shared:]
+        return units if len(padded) == len(a) + pad and padded[len(padded) - len(row):] == row else 0
+
+    def _aligned(self, messages: Sequence[Message]) -> Sequence[Message]:
+        """``messages`` with the first one padded where its shared prefix has a pad."""
+        if len(messages) < 2 or not self._pads:
+            return messages
+        units = self._pads.get(self._prefix_key(messages))
+        if not units:
+            return messages
+        first = messages[0]
+        return (Message(first.role, first.content + _PAD_TEXT * units), *messages[1:])
+
+    def _pad_bound(self, request: Request) -> int:
+        """The most pad tokens ``request`` can get (for token estimates that must err high)."""
+        if len(request.messages) < 2 or not self._align_prefix:
+            return 0
+        block = self.prefix_block  # asks the server once, as the structured mode does
+        return block - 1 if block else 0
+
+    @property
     def constrained_decoding(self) -> bool:  # type: ignore[override]
         return self.structured != "none"
 
@@ -334,7 +443,8 @@ class OpenAIEngine(ConcurrentEngine):
                 server["created"] = entry["created"]  # vLLM's is the time of the request: left out
         return {"engine": self.name, "v": 1, "base_url": self.base_url, "model": self.model, "server": server,
                 "structured": self.structured, "extra_body": self._extra_body,
-                "choice_decoding": self.label_decoding}
+                "choice_decoding": self.label_decoding,
+                **({"align_prefix": self.prefix_block} if self.prefix_block else {})}
 
     def fingerprint(self) -> str:
         """A digest of the server's model and the options that change answers (computed once)."""
@@ -351,7 +461,7 @@ class OpenAIEngine(ConcurrentEngine):
 
     def _prompt_estimate(self, request: Request) -> int:
         # The heuristic over the contents plus a few tokens of chat template per message.
-        return sum(self.count_tokens(m.content) + 4 for m in request.messages) + 3
+        return sum(self.count_tokens(m.content) + 4 for m in request.messages) + 3 + self._pad_bound(request)
 
     def count_prompt_tokens(self, request: Request) -> int:
         """An estimate of the prompt tokens the server will bill, meant to err high.
@@ -615,13 +725,14 @@ class OpenAIEngine(ConcurrentEngine):
         self.label_decoding  # noqa: B018
         for request in requests:  # the label tables, once per label set (synchronous /tokenize calls)
             self._one_step(request)
+        self._align(requests)  # the pads of new shared prefixes (synchronous /tokenize calls)
         return super()._generate(requests)
 
     async def _acall(self, request: Request) -> RawCompletion:
         spec = request.spec
         if not isinstance(spec, (ChoiceSpec, JsonSpec, TextSpec)):
             return RawCompletion(None, "error", error=f"the OpenAI engine does not support output spec {type(spec).__name__}")
-        raw = await self._send(request, request.messages, constrain=True)
+        raw = await self._send(request, self._aligned(request.messages), constrain=True)
         if self.structured != "none" or isinstance(spec, TextSpec) or raw.error is not None:
             return raw
         if raw.finish_reason == "length":  # unconstrained, it talked past max_tokens
@@ -675,11 +786,8 @@ class _HTTPTokenizer:
         if key in self._cache:
             return self._cache[key]
         engine = self._engine
-        auth = (engine._auth[0], engine._auth[1].reveal()) if engine._auth else None
-        try:
-            resp = httpx.post(f"{self._root}/{endpoint}", json={"model": engine.model, **payload},
-                              headers=engine._http_headers(), auth=auth, timeout=min(30.0, engine.timeout_s),
-                              follow_redirects=False)
+        try:  # on the engine's own client (its loop thread): one connection pool, one TLS context
+            resp = engine.run_async(self._apost, endpoint, {"model": engine.model, **payload})
         except httpx.HTTPError as exc:
             raise _NoTokenizer(f"POST /{endpoint}: {type(exc).__name__}") from None
         if resp.status_code != 200:
@@ -692,6 +800,25 @@ class _HTTPTokenizer:
             raise _NoTokenizer(f"POST /{endpoint}: unexpected answer")
         self._cache[key] = data
         return data
+
+    async def _apost(self, endpoint: str, body: dict[str, Any]) -> Any:
+        return await self._engine._http().post(f"{self._root}/{endpoint}", json=body,
+                                               timeout=min(30.0, self._engine.timeout_s))
+
+    def prefix_block(self) -> int | None:
+        """The server's prefix-cache block size from vLLM's ``/metrics`` (``cache_config_info``),
+        or None where prefix caching is off or the server does not say."""
+        try:
+            resp = self._engine.run_async(self._aget, "metrics")
+        except Exception as exc:  # noqa: BLE001 - any failure means: do not align
+            logger.debug("GET /metrics failed: %s", type(exc).__name__)
+            return None
+        if resp.status_code != 200:
+            return None
+        return _prefix_block_of(resp.text)
+
+    async def _aget(self, endpoint: str) -> Any:
+        return await self._engine._http().get(f"{self._root}/{endpoint}", timeout=min(30.0, self._engine.timeout_s))
 
     def available(self) -> bool:
         """Whether the server answers ``/tokenize`` with token ids (asked once)."""
@@ -738,6 +865,30 @@ class _HTTPTokenizer:
                     specials.add(token)
             self._specials = sorted(specials)
         return self._specials
+
+
+def _prefix_block_of(metrics: str) -> int | None:
+    """The prefix-cache block size in vLLM's Prometheus text, or None (prefix caching off, absent).
+
+    Examples
+    --------
+    >>> _prefix_block_of('vllm:cache_config_info{block_size="32",enable_prefix_caching="True",hash_block_size="None"} 1.0')
+    32
+    >>> _prefix_block_of('vllm:cache_config_info{block_size="16",enable_prefix_caching="False"} 1.0') is None
+    True
+    """
+    import re
+
+    for line in metrics.splitlines():
+        if line.startswith("vllm:cache_config_info{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            if labels.get("enable_prefix_caching") != "True":
+                return None
+            for name in ("hash_block_size", "block_size"):
+                if labels.get(name, "").isdigit() and int(labels[name]) > 0:
+                    return int(labels[name])
+            return None
+    return None
 
 
 def _token_id(token: Any) -> int | None:

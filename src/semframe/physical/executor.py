@@ -100,7 +100,8 @@ def run_plan(plan: Node, *, engine: Any = None, max_cost: float | None = None, m
         recorder = LineageRecorder(enabled=opts.lineage)
         ctx = RunContext(engine=eng, options=opts, recorder=recorder, progress=progress, machine=machine,
                          resolver=AnswerResolver(eng, exact_cache=exact_cache, recorder=recorder, observers=observers,
-                                                 on_error=opts.on_error, memo_size=opts.memo_size))
+                                                 on_error=opts.on_error, memo_size=opts.memo_size,
+                                                 pipeline=True))
         steps = sum(1 for n in walk(plan) if isinstance(n, SemanticNode))
         if eng is not None:
             logger.info("run: %d semantic step(s) on engine %s (model %s), batch_size=%d, lineage %s",
@@ -140,6 +141,7 @@ def execute(root: PhysicalOp, ctx: RunContext, plan: Node, sink: Any = None) -> 
     except BaseException as exc:  # noqa: BLE001 - the partial result is kept, the error re-raised
         error = exc
     finally:
+        ctx.resolver.close()
         if ctx.progress is not None:
             ctx.progress.close()
         if sink is not None:

@@ -23,12 +23,12 @@ from semframe.errors import PlanError
 from semframe.execution.context import RunOptions
 from semframe.physical.base import PhysicalOp
 from semframe.physical.relational import PolarsQuery, PolarsStep
-from semframe.physical.semantic import OPERATORS
+from semframe.physical.semantic import OPERATORS, RowOperator
 
 # The operator modules register themselves with ``physical_for`` when imported.
 from semframe.physical import aggregate, approx, cluster, embedding, join, ranking  # noqa: E402,F401  isort: skip
 from semframe.plan.explain import render as render_logical
-from semframe.plan.nodes import Node, Relational, Scan, walk
+from semframe.plan.nodes import Head, Node, Relational, Scan, walk
 from semframe.plan.semantic import SemanticNode
 
 
@@ -42,16 +42,20 @@ def plan_physical(plan: Node, options: RunOptions | None = None) -> PhysicalOp:
     options = options or RunOptions()
     counter = itertools.count()
 
-    def visit(node: Node) -> PhysicalOp:
+    def visit(node: Node, under_head: bool = False) -> PhysicalOp:
         if is_polars_tree(node):
             return PolarsQuery(node)
-        inputs = tuple(visit(c) for c in node.children)
+        # Below a head, a step may be asked to stop after any batch: it sends none ahead.
+        inputs = tuple(visit(c, under_head or isinstance(node, Head)) for c in node.children)
         if isinstance(node, SemanticNode):
             op = OPERATORS.get(type(node))
             if op is None:
                 raise PlanError(f"no physical operator for {type(node).__name__}; register one with "
                                 "semframe.physical.semantic.physical_for")
-            return op(node, inputs, next(counter), options)  # type: ignore[call-arg]
+            made = op(node, inputs, next(counter), options)  # type: ignore[call-arg]
+            if under_head and isinstance(made, RowOperator):
+                made.reads_on = False
+            return made
         if isinstance(node, Relational):
             return PolarsStep(node, inputs)
         raise PlanError(f"no physical operator for {type(node).__name__}")

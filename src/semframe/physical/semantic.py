@@ -12,6 +12,7 @@ by node type.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -32,6 +33,8 @@ from semframe.physical.base import EstimateContext, EstState, PhysicalOp
 from semframe.physical.prompts import RequestBuilder, field_words
 from semframe.physical.relational import PolarsQuery, rebatch
 from semframe.plan.semantic import SemanticNode, SemanticStep, SemClassify, SemExtract, SemFilter, SemMap, engine_label
+
+logger = logging.getLogger("semframe")
 
 #: Logical node type -> physical operator class.
 OPERATORS: dict[type, type[PhysicalOp]] = {}
@@ -109,7 +112,18 @@ class SemanticOperator(PhysicalOp):
             reasons: list[str | None] | None = None) -> list[Outcome]:
         """One resolver round: an outcome per request (``None`` requests are skipped rows, with
         ``reasons[i]`` as the recorded reason); lineage names each request's rows by ``ids``."""
-        outcomes = ctx.resolver.resolve(run.info, requests, texts, scalar_ids(ids))
+        return self.take(ctx, run, self.send(ctx, run, requests, texts, ids), ids, reasons)
+
+    def send(self, ctx: RunContext, run: StepRun, requests: list[Any], texts: list[str | None], ids: pl.Series,
+             *, overlap: bool = False) -> Any:
+        """The first half of :meth:`ask`: the round submitted (its engine batch in flight in the
+        background where ``overlap`` and the resolver allow); :meth:`take` attaches its answers."""
+        return ctx.resolver.submit(run.info, requests, texts, scalar_ids(ids), overlap=overlap)
+
+    def take(self, ctx: RunContext, run: StepRun, sent: Any, ids: pl.Series,
+             reasons: list[str | None] | None = None) -> list[Outcome]:
+        """The second half of :meth:`ask`: wait for the round's answers, record lineage and metrics."""
+        outcomes = sent.result()
         for i, o in enumerate(outcomes):
             if o is None:
                 outcomes[i] = Outcome(None, "skipped", error=reasons[i] if reasons else "no request")
@@ -133,6 +147,10 @@ class RowOperator(SemanticOperator):
     """One row-wise semantic step: one request per row, one resolver round per batch."""
 
     node: SemanticStep
+
+    #: Whether a consumer above reads every batch (no ``head`` that may stop early): then the
+    #: step submits its next batch before it attaches this one's answers (the planner sets it).
+    reads_on: bool = True
 
     def __init__(self, node: SemanticStep, inputs: tuple[PhysicalOp, ...], index: int, options: RunOptions):
         super().__init__(node, inputs, index, options)
@@ -170,17 +188,49 @@ class RowOperator(SemanticOperator):
         progress = ctx.progress
         run = self.open_step(ctx, expected_rows(self.inputs[0], progress) if progress is not None else None)
         metrics, build = run.metrics, self.builder.build_all
-        for batch in rebatch(self.inputs[0].execute(ctx), ctx.options.batch_size):
+        # With ``reads_on``, batch i+1 is submitted before batch i's answers are attached: against
+        # a pipelined engine its requests are in flight meanwhile (AnswerResolver.submit).
+        held: tuple[Batch, Any, list[str | None], float] | None = None
+
+        def finish(batch: Batch, sent: Any, reasons: list[str | None], seconds: float) -> Batch:
             start = time.perf_counter()
-            texts, reasons = render_texts(node.template, batch.frame)
-            done = self.ask(ctx, run, build(texts), texts, batch.ids, reasons)
+            done = self.take(ctx, run, sent, batch.ids, reasons)
             metrics.rows_in += batch.height
             out = self.emit_outcomes(batch, done)
             metrics.rows_out += out.height
-            metrics.seconds += time.perf_counter() - start
+            metrics.seconds += seconds + time.perf_counter() - start
             if progress is not None:
                 progress.rows(batch.height, step=self.index)
-            yield out
+            return out
+
+        try:
+            for batch in rebatch(self.inputs[0].execute(ctx), ctx.options.batch_size):
+                start = time.perf_counter()
+                texts, reasons = render_texts(node.template, batch.frame)
+                try:
+                    sent = self.send(ctx, run, build(texts), texts, batch.ids, overlap=self.reads_on)
+                except BaseException:
+                    if held is not None:  # the batch before is answered: pass it on, then stop
+                        earlier, held = held, None
+                        yield finish(*earlier)
+                    raise
+                if held is not None:
+                    earlier, held = held, None
+                    yield finish(*earlier)
+                held = (batch, sent, reasons, time.perf_counter() - start)
+                if not sent.in_flight:
+                    held = None
+                    yield finish(batch, sent, reasons, time.perf_counter() - start)
+            if held is not None:
+                earlier, held = held, None
+                yield finish(*earlier)
+        finally:
+            if held is not None:  # the consumer stopped early: keep the answers (cache, lineage)
+                try:
+                    self.take(ctx, run, held[1], held[0].ids, held[2])
+                except Exception:  # noqa: BLE001 - the run is ending for another reason already
+                    logger.debug("step %d: the batch in flight failed while the run stopped", self.index,
+                                 exc_info=True)
         self.close_step(ctx, run)
 
     def describe(self) -> str:
