@@ -2,7 +2,7 @@
 
 Spec options (``spec["semframe"]``): ``layout`` ("shared_first", the default, or "inline": the
 ``prompt_layout`` run option; a command may override it), ``exact_cache`` (a cache
-folder, or null for ``cache=False``), ``semantic_cache`` (bool), ``batch_size``. A classify
+folder, or null for ``cache=False``), ``semantic_cache`` (a threshold, True for a calibrated one, or absent), ``batch_size``. A classify
 command may ask ``{"probabilities": true}``: the plan then shows the label probabilities
 (``classify(..., probabilities=True)``) and the result has them, one dict (or null) per row.
 """
@@ -35,15 +35,15 @@ class State:
         self.engine.close()
 
 
-def build_plan(lf: Any, spec: dict[str, Any], *, semantic_cache: bool = False, probabilities: bool = False) -> Any:
+def build_plan(lf: Any, spec: dict[str, Any], *, semantic_cache: Any = None, probabilities: bool = False) -> Any:
     """The workload as a semframe plan, written as a user would write it."""
     sem = lf.semantic
     if spec["kind"] == "classify":
         extra = {"probabilities": True} if probabilities else {}
         return sem.classify(spec["column"], spec["labels"], instruction=spec["instruction"], name="answer",
-                            max_tokens=spec["max_tokens"], semantic_cache=semantic_cache or None, **extra)
+                            max_tokens=spec["max_tokens"], semantic_cache=semantic_cache, **extra)
     return sem.map("{" + spec["column"] + "}", instruction=spec["instruction"], name="answer",
-                   max_tokens=spec["max_tokens"], semantic_cache=semantic_cache or None)
+                   max_tokens=spec["max_tokens"], semantic_cache=semantic_cache)
 
 
 def reset_prefix_cache(engine: Any) -> None:
@@ -64,7 +64,7 @@ def run(state: State, cmd: dict[str, Any]) -> dict[str, Any]:
     spec, opts = state.spec, state.opts
     rows = rows_for(spec, cmd)
     df = pl.DataFrame(rows)
-    plan = build_plan(df.lazy(), spec, semantic_cache=bool(opts.get("semantic_cache")),
+    plan = build_plan(df.lazy(), spec, semantic_cache=opts.get("semantic_cache") or None,
                       probabilities=bool(cmd.get("probabilities")))
     run_kwargs: dict[str, Any] = dict(engine=state.engine, cache=bool(opts.get("exact_cache")),
                                       batch_size=opts.get("batch_size"))

@@ -128,7 +128,8 @@ def _verb_arguments(p: argparse.ArgumentParser, verb: str) -> None:
     p.add_argument("--max-answer-tokens", type=int, metavar="N", help="the most tokens per answer")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     p.add_argument("--semantic-cache", nargs="?", const=True, default=None, type=_threshold, metavar="THRESHOLD",
-                   help="reuse answers of near-duplicate texts (optionally the similarity threshold)")
+                   help="reuse answers of near-duplicate texts: bare, above a threshold calibrated for "
+                        "the step (none certified: nothing reused); THRESHOLD: a fixed similarity")
     p.add_argument("--save-plan", metavar="PATH", help="write the step as a plan file and stop (run it later "
                                                        "with semframe run PATH)")
 

@@ -5,6 +5,11 @@ the threshold. Whether that was right is measured, not assumed: :func:`audit_sem
 a plan, samples ``k`` of the rows answered by the semantic cache, sends *their own* requests to
 the engine (bypassing every cache), and reports how often the fresh answer equals the reused one.
 
+For a fixed threshold (``semantic_cache=0.9``) that is the only evidence there is. A calibrated
+step (``semantic_cache=True``) certified its threshold on its first batch; the audit checks the
+assumption that carries it to the later batches (see :mod:`semframe.cache.semantic`). The report
+says how each step's threshold was set (:attr:`AuditReport.thresholds`).
+
 Examples
 --------
 >>> import polars as pl, semframe as sf
@@ -18,7 +23,7 @@ Examples
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -41,6 +46,10 @@ class AuditReport:
         ``cached``, ``fresh``, ``agree``.
     result
         The audited run (a :class:`~semframe.RunResult`).
+    thresholds
+        Per step with a semantic cache: how its threshold was set (the step's
+        ``notes["semantic_cache"]``: ``mode`` "fixed" or "calibrated", ``threshold`` -- None when a
+        calibration certified none --, and a ``summary``).
     """
 
     hits: int
@@ -48,6 +57,7 @@ class AuditReport:
     agreed: int
     details: pl.DataFrame
     result: Any
+    thresholds: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def agreement(self) -> float | None:
@@ -56,8 +66,22 @@ class AuditReport:
 
     def __str__(self) -> str:
         rate = "n/a" if self.agreement is None else f"{self.agreement:.1%}"
-        return (f"semantic cache audit: {self.hits} hits, {self.checked} re-asked, "
+        text = (f"semantic cache audit: {self.hits} hits, {self.checked} re-asked, "
                 f"{self.agreed} agreed ({rate})")
+        how = [f"step {step}: {_threshold_text(t)}" for step, t in sorted(self.thresholds.items())]
+        return text + (f"; {', '.join(how)}" if how else "")
+
+
+def _threshold_text(notes: dict[str, Any]) -> str:
+    """How a step's threshold was set, in a few words.
+
+    >>> _threshold_text({"mode": "fixed", "threshold": 0.9}), _threshold_text({"mode": "calibrated", "threshold": None})
+    ('fixed threshold 0.9', 'calibrated: no threshold certified')
+    """
+    t = notes.get("threshold")
+    if notes.get("mode") == "fixed":
+        return f"fixed threshold {t:g}"
+    return "calibrated: no threshold certified" if t is None else f"calibrated threshold {t:.4g}"
 
 
 def audit_semantic_cache(frame: Any, *, engine: Any = None, k: int = 50, seed: int = 0,
@@ -113,7 +137,8 @@ def audit_semantic_cache(frame: Any, *, engine: Any = None, k: int = 50, seed: i
                 "cached": pl.String, "fresh": pl.String, "agree": pl.Boolean},
     )
     agreed = int(details["agree"].sum()) if sample else 0
-    return AuditReport(len(hits), len(sample), agreed, details, result)
+    thresholds = {m.step: m.notes["semantic_cache"] for m in result.step_metrics if "semantic_cache" in m.notes}
+    return AuditReport(len(hits), len(sample), agreed, details, result, thresholds)
 
 
 def _show(value: Any) -> str | None:

@@ -18,6 +18,37 @@ For each batch of rows that the in-run memo and the exact cache could not answer
 Only representatives go to the engine; :meth:`SemanticCache.add` then records their answers.
 Each reuse is within the threshold of the answer's own row (no chains of reuse).
 
+Calibrated thresholds
+---------------------
+``semantic_cache=True`` (or ``semantic_cache=sf.Target(...)``) does not trust a fixed number: the
+step calibrates its own threshold on its first batch before it reuses anything
+(``AnswerResolver._calibrate_semantic`` runs it; the pieces that need no engine are here):
+
+1. the batch's distinct texts are embedded, and a random half of them (seeded by
+   ``Target.seed``) is the *pool*: asked of the engine (through the memo and the exact cache, so
+   a rerun asks nothing);
+2. every other text gets its nearest pool text (:func:`nearest`); the texts whose nearest pool
+   text is at least :data:`CALIBRATION_FLOOR` similar are the *candidates* -- the rows the cache
+   could answer;
+3. a random sample of the candidates (:func:`calibration_sample_size`; ``Target.sample`` to
+   choose) is asked of the engine too, and for each one it is known whether the pool answer the
+   cache would reuse equals the engine's own answer for the row;
+4. the threshold is the lowest similarity, in a fixed sequence from 1.0 down to the floor, at
+   which the fixed-sequence test of :func:`semframe.execution.calibration.certify_threshold`
+   certifies the target (default ``accuracy=0.95, confidence=0.95``; the Clopper-Pearson bound);
+5. the batch's other candidates at or above it reuse their nearest pool answer; every other row
+   goes to the engine. No threshold certified: the step reuses nothing, in this batch or later
+   ones, and its notes say so (:class:`SemanticCalibration`).
+
+What is guaranteed: with probability at least ``confidence`` over the random pool and sample, a
+candidate whose nearest pool text is at least as similar as the threshold gets, by reuse, the
+engine's own answer for it with probability at least ``accuracy`` -- the sampled candidates
+standing for the batch's candidates as independent draws (they are a random sample of them).
+That covers the rows reused in the first batch. Later batches reuse at the same threshold from
+every answer so far (and cluster within the batch as above): that they are like the first batch
+(the table's order unrelated to its content) is an assumption, which
+:func:`~semframe.cache.audit.audit_semantic_cache` checks.
+
 Examples
 --------
 >>> import numpy as np
@@ -36,6 +67,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -64,6 +96,177 @@ def semantic_step_key(parts: dict[str, Any], embedding_model: str) -> str:
     blob = json.dumps({**parts, "embedding_model": embedding_model}, sort_keys=True, ensure_ascii=False,
                       default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+#: The lowest similarity a calibrated threshold may have: texts less alike than this are never
+#: candidates for reuse (fixed before any data is seen, like the sequence of thresholds tested).
+CALIBRATION_FLOOR = 0.8
+
+
+class CalibratedThreshold(float):
+    """What a step's ``semantic_cache`` holds when the step calibrates its threshold itself
+    (``semantic_cache=True`` or ``semantic_cache=sf.Target(...)``): the target, in a float.
+
+    It is a float (1.0: only texts that embed identically, until calibrated) so that plan nodes,
+    which hold a similarity threshold, keep it as they are; ``explain()`` shows the target.
+
+    Examples
+    --------
+    >>> import semframe as sf
+    >>> c = CalibratedThreshold(sf.Target(accuracy=0.95, confidence=0.95))
+    >>> f"semantic cache >= {c:g}"
+    'semantic cache >= calibrated: accuracy >= 0.95 at confidence 0.95 (default sample, seed 0)'
+    >>> calibration_target(c) == sf.Target(accuracy=0.95, confidence=0.95), calibration_target(0.95)
+    (True, None)
+    """
+
+    target: Any
+
+    def __new__(cls, target: Any) -> CalibratedThreshold:
+        obj = super().__new__(cls, 1.0)
+        obj.target = target
+        return obj
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (CalibratedThreshold, (self.target,))
+
+    def __format__(self, spec: str) -> str:
+        return f"calibrated: {self.target.describe()}"
+
+    def __repr__(self) -> str:
+        return f"CalibratedThreshold({self.target!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CalibratedThreshold) and other.target == self.target
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(("calibrated", self.target))
+
+
+def calibration_target(value: Any) -> Any:
+    """The :class:`~semframe.plan.approx.Target` of a calibrated ``semantic_cache`` setting
+    (a :class:`CalibratedThreshold` or a ``Target``); None for a fixed threshold."""
+    if isinstance(value, CalibratedThreshold):
+        return value.target
+    from semframe.plan.approx import Target
+
+    return value if isinstance(value, Target) else None
+
+
+def calibration_sample_size(candidates: int, accuracy: float, confidence: float, sample: int | None = None) -> int:
+    """How many candidates a calibration asks the engine about: ``sample`` if given, else twice
+    the fewest that could certify ``accuracy`` at all (``accuracy ** n <= 1 - confidence``) or a
+    fifth of the candidates, whichever is more, at most 2,000; never more than there are.
+
+    >>> calibration_sample_size(1000, 0.95, 0.95), calibration_sample_size(40, 0.95, 0.95)
+    (200, 40)
+    >>> calibration_sample_size(1000, 0.9, 0.95, sample=50)
+    50
+    """
+    if sample is None:
+        fewest = max(1, math.ceil(math.log(1.0 - confidence) / math.log(accuracy)))
+        sample = min(2000, max(2 * fewest, math.ceil(0.2 * candidates)))
+    return max(0, min(candidates, sample))
+
+
+def nearest(queries: np.ndarray, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's most similar pool vector: (similarity, pool position) per query (unit
+    vectors; an empty pool gives similarity -1 and position -1).
+
+    >>> q = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    >>> sims, where = nearest(q, np.array([[0.6, 0.8], [1.0, 0.0]], dtype=np.float32))
+    >>> [round(float(x), 2) for x in sims], where.tolist()
+    ([1.0, 0.8], [1, 0])
+    """
+    best = np.full(len(queries), -1.0, dtype=np.float32)
+    where = np.full(len(queries), -1, dtype=np.int64)
+    if len(queries) == 0 or len(pool) == 0:
+        return best, where
+    for start in range(0, len(queries), 256):  # exact search; bounds the temporary (256 x pool) matrix
+        sims = queries[start:start + 256] @ pool.T
+        at = sims.argmax(axis=1)
+        where[start:start + 256] = at
+        best[start:start + 256] = np.minimum(sims[np.arange(len(at)), at], 1.0)
+    return best, where
+
+
+@dataclass(frozen=True)
+class SemanticCalibration:
+    """What a calibrated step found on its first batch (see the module docs).
+
+    Attributes
+    ----------
+    accuracy, confidence
+        The target.
+    texts
+        Distinct texts of the batch.
+    pool
+        Of them, the pool asked of the engine (a random half).
+    candidates
+        Other texts whose nearest pool text is at least :data:`CALIBRATION_FLOOR` similar.
+    sampled, agreeing
+        Candidates asked of the engine, and how many of those got the engine's own answer from
+        their nearest pool text.
+    threshold
+        The certified threshold; None: nothing certified (the step reuses nothing).
+    rows_above, correct_above, lower_bound
+        At the threshold: sampled candidates at or above it, how many agreed, the certified lower
+        bound of the agreement (None when nothing certified).
+    needed
+        The fewest sampled candidates above a threshold that could certify it (all agreeing).
+    reused
+        Rows of the batch answered from their nearest pool text.
+    """
+
+    accuracy: float
+    confidence: float
+    texts: int
+    pool: int
+    candidates: int
+    sampled: int
+    agreeing: int
+    threshold: float | None
+    rows_above: int = 0
+    correct_above: int = 0
+    lower_bound: float | None = None
+    needed: int = 0
+    reused: int = 0
+
+    @property
+    def certified(self) -> bool:
+        return self.threshold is not None
+
+    def describe(self) -> str:
+        """One paragraph for notes and logs.
+
+        >>> SemanticCalibration(0.95, 0.95, 300, 150, 12, 12, 7, None, needed=59).describe()
+        ... # doctest: +NORMALIZE_WHITESPACE
+        'semantic cache calibration on the first batch (300 distinct texts, 150 asked as the pool):
+        12 candidates (nearest pool text >= 0.8), 12 asked, 7 agreed with their nearest pool answer;
+        no threshold certified accuracy >= 0.95 at confidence 0.95 (59 agreeing candidates above a
+        threshold are the fewest that could): the step reuses no near-duplicate answers'
+        """
+        head = (f"semantic cache calibration on the first batch ({self.texts} distinct texts, {self.pool} asked "
+                f"as the pool): {self.candidates} candidates (nearest pool text >= {CALIBRATION_FLOOR:g}), "
+                f"{self.sampled} asked, {self.agreeing} agreed with their nearest pool answer; ")
+        if self.threshold is None:
+            return head + (f"no threshold certified accuracy >= {self.accuracy:g} at confidence {self.confidence:g} "
+                           f"({self.needed} agreeing candidates above a threshold are the fewest that could): "
+                           "the step reuses no near-duplicate answers")
+        return head + (f"threshold {self.threshold:.4g} certified ({self.correct_above}/{self.rows_above} sampled "
+                       f"candidates at or above it agreed, agreement >= {self.lower_bound:.3f} at confidence "
+                       f"{self.confidence:g}, target {self.accuracy:g}); {self.reused} rows of the batch reused "
+                       "their nearest pool answer")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as plain data, with ``mode``, ``certified`` and ``summary`` (step notes)."""
+        from dataclasses import asdict
+
+        return {"mode": "calibrated", **asdict(self), "certified": self.certified, "floor": CALIBRATION_FLOOR,
+                "summary": self.describe()}
 
 
 @dataclass(frozen=True)
@@ -109,24 +312,31 @@ class SemanticCache:
     step_key
         :func:`semantic_step_key` of the step.
     threshold
-        Minimum cosine similarity for reuse, in (0, 1].
+        Minimum cosine similarity for reuse, in (0, 1]; None: reuse nothing (a calibrated step
+        before its calibration, or one whose calibration certified no threshold).
     embedder
         Turns texts into unit vectors (an :class:`~semframe.cache.embed.Embedder`).
     store
         Where answers persist across runs; None keeps them for this run only.
     hits
         A list of the run's that each reuse is appended to (as a :class:`RecordedHit`).
+    target
+        For a calibrated step, its :class:`~semframe.plan.approx.Target` (the threshold is then
+        set by the calibration, recorded in :attr:`calibration`).
     """
 
-    def __init__(self, step_key: str, threshold: float, embedder: Embedder | None,
-                 store: AnswerStore | None = None, hits: list[RecordedHit] | None = None):
-        if not 0.0 < threshold <= 1.0:
+    def __init__(self, step_key: str, threshold: float | None, embedder: Embedder | None,
+                 store: AnswerStore | None = None, hits: list[RecordedHit] | None = None, *, target: Any = None):
+        if threshold is not None and not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
         self.step_key = step_key
         self.threshold = threshold
         self.embedder = embedder
         self.store = store
         self.hits = hits
+        self.target = target
+        #: What the calibration found (a calibrated step, once it has run; else None).
+        self.calibration: SemanticCalibration | None = None
         self._index: VectorIndex | None = None
         self._answers: list[Completion] = []
         self._row_ids: list[int | None] = []
@@ -134,6 +344,22 @@ class SemanticCache:
 
     def __repr__(self) -> str:
         return f"SemanticCache(threshold={self.threshold}, entries={len(self._answers)})"
+
+    @property
+    def calibrating(self) -> bool:
+        """True for a calibrated step that has not calibrated yet (its next batch does)."""
+        return self.target is not None and self.calibration is None
+
+    def describe_threshold(self) -> str:
+        """How the threshold was set, for lineage notes: calibrated (with the target) or fixed.
+
+        >>> SemanticCache("k", 0.9, None).describe_threshold()
+        'fixed threshold 0.9 (not calibrated)'
+        """
+        if self.target is None:
+            return f"fixed threshold {self.threshold:g} (not calibrated)"
+        return (f"calibrated threshold {self.threshold:.4g} (accuracy >= {self.target.accuracy:g} "
+                f"at confidence {self.target.confidence:g})")
 
     def __len__(self) -> int:
         self._load()
@@ -155,6 +381,9 @@ class SemanticCache:
         out = SemanticPlan()
         n = len(vectors)
         if n == 0:
+            return out
+        if self.threshold is None:  # nothing may be reused: every text is its own representative
+            out.representatives = list(range(n))
             return out
         rest = list(range(n))
         if self._index is not None and len(self._index):
@@ -183,15 +412,16 @@ class SemanticCache:
         return out
 
     def add(self, vectors: np.ndarray, completions: Sequence[Completion], row_ids: Sequence[int | None],
-            text_hashes: Sequence[str] | None = None) -> None:
-        """Record engine answers (errors are skipped) for later rows, and persist them."""
+            text_hashes: Sequence[str] | None = None, *, persist: bool = True) -> None:
+        """Record engine answers (errors are skipped) for later rows, and persist them (unless
+        ``persist=False``: answers that came from the exact cache, already stored)."""
         self._load()
         keep = [i for i, c in enumerate(completions) if c.ok]
         if not keep:
             return
         vecs = np.ascontiguousarray(vectors[keep], dtype=np.float32)
         self._append(vecs, [completions[i] for i in keep], [row_ids[i] for i in keep])
-        if self.store is not None:
+        if self.store is not None and persist:
             hashes = [text_hashes[i] if text_hashes is not None else "" for i in keep]
             _save_entries(self.store, self.step_key, vecs, [completions[i] for i in keep], hashes)
 

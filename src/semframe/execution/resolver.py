@@ -189,6 +189,8 @@ class AnswerResolver:
         handle = PendingAnswers(self, step, outcomes, ids)
         pending, keyed = self._lookup(step, requests, ids, outcomes, handle)
         if not pending:
+            if self._semantic_calibrating(step):  # the calibration's batch, answered already
+                self._resolve_semantic(step, [], pending, keyed, texts, ids, outcomes)
             return handle
         order = list(pending)
         if step.semantic_threshold is not None:
@@ -385,7 +387,6 @@ class AnswerResolver:
         by the memo or the exact cache is not asked again), so a rerun of the same rows draws the
         same pool and sample, finds their answers in the exact cache and certifies the same
         threshold without asking the engine anything."""
-        import dataclasses
         import random
 
         import numpy as np
@@ -396,21 +397,8 @@ class AnswerResolver:
         from semframe.execution.calibration import THRESHOLDS, certify_threshold, min_rows_to_certify
 
         target = cache.target
-        # The batch's distinct texts, each with its first row: answered already, or pending.
-        groups: dict[str, list[str]] = {}
-        for gk in order:
-            groups.setdefault(texts[pending[gk][0]] or "", []).append(gk)
-        first: dict[str, int] = {}
-        for i, text in enumerate(texts):
-            if text is not None and (outcomes[i] is not None or text in groups):
-                first.setdefault(text, i)
+        groups, first, answers = self._semantic_window(order, pending, texts, outcomes)
         distinct = sorted(first, key=first.__getitem__)
-        answers: dict[str, Completion] = {}
-        for text in distinct:
-            done = outcomes[first[text]]
-            if done is not None:  # answered by the memo or the exact cache (an engine answer)
-                answers[text] = Completion(done.raw_output, done.value, done.finish_reason or "stop",
-                                           error=done.error, probabilities=done.probabilities)
 
         def ask(positions: list[int]) -> list[str]:
             """Answers for these texts (the engine for those not answered yet); the ones asked."""
@@ -462,7 +450,7 @@ class AnswerResolver:
             min_rows_to_certify(target.accuracy, target.confidence),
             sum(len(pending[gk]) for t in reused for gk in groups[t]))
         self._note_calibration(step, cache, [distinct[p] for p in pool], {distinct[p]: (neighbour[p], agrees(p))
-                                                                          for p in sample}, distinct, first, outcomes)
+                                                                          for p in sample}, distinct, first, ids, outcomes)
         if cert.threshold is not None:  # later batches reuse from every answer of this one
             position = {t: p for p, t in enumerate(distinct)}
             fresh = set(asked)
@@ -472,8 +460,40 @@ class AnswerResolver:
                     cache.add(vectors[[position[t] for t in chosen]], [answers[t] for t in chosen],
                               [ids[first[t]] for t in chosen], [text_digest(t) for t in chosen], persist=persist)
 
+    def _semantic_calibrating(self, step: StepInfo) -> bool:
+        """Whether ``step`` is a calibrated semantic step that has not calibrated yet in this run
+        (its next batch is the calibration's, even if the memo and the exact cache answer it all)."""
+        if step.semantic_threshold is None:
+            return False
+        return self._semantic_cache(step).calibrating
+
+    @staticmethod
+    def _semantic_window(order: list[str], pending: dict[str, list[int]], texts: Sequence[str | None],
+                         outcomes: list[Outcome | None]) -> tuple[dict[str, list[str]], dict[str, int],
+                                                                  dict[str, Completion]]:
+        """The batch a calibration runs on, by distinct text: the pending groups asking it, its
+        first row, and the answer of each text that the memo or the exact cache already gave."""
+        row_text = {i: texts[i] or "" for gk in order for i in pending[gk]}
+        groups: dict[str, list[str]] = {}
+        for gk in order:
+            groups.setdefault(row_text[pending[gk][0]], []).append(gk)
+        for i, done in enumerate(outcomes):
+            if done is not None and i not in row_text:
+                row_text[i] = texts[i] or ""
+        first: dict[str, int] = {}
+        for i in sorted(row_text):
+            first.setdefault(row_text[i], i)
+        answers: dict[str, Completion] = {}
+        for text, i in first.items():
+            done = outcomes[i]
+            if done is not None:  # an engine answer, from the memo or the exact cache
+                answers[text] = Completion(done.raw_output, done.value, done.finish_reason or "stop",
+                                           error=done.error, probabilities=done.probabilities)
+        return groups, first, answers
+
     def _note_calibration(self, step: StepInfo, cache: Any, pool: list[str], sample: dict[str, Any],
-                          distinct: list[str], first: dict[str, int], outcomes: list[Outcome | None]) -> None:
+                          distinct: list[str], first: dict[str, int], ids: Sequence[int | None],
+                          outcomes: list[Outcome | None]) -> None:
         """Say what the calibration did: in the step's notes (``notes["semantic_cache"]``), in a
         log line, and in the lineage ``note`` of each pool and sampled row."""
         import dataclasses
@@ -495,7 +515,7 @@ class AnswerResolver:
                 said = "agrees" if agreed else "differs"
                 outcomes[first[text]] = dataclasses.replace(o, similarity=round(sim, 4), note=_joined(
                     o.note, f"semantic cache calibration: a sampled candidate; its nearest pool row "
-                            f"(row {first[distinct[q]]} of the batch, similarity {sim:.4f}) {said}"))
+                            f"(row {ids[first[distinct[q]]]}, similarity {sim:.4f}) {said}"))
 
     def _semantic_cache(self, step: StepInfo) -> Any:
         cache = self._semantic.get(step.index)

@@ -14,8 +14,14 @@ from semframe.plan.nodes import Node, Scan, Source
 from semframe.plan.spec import ChoiceSpec
 from semframe.plan.template import Template
 
-#: Similarity threshold used when a step is given ``semantic_cache=True``.
-DEFAULT_SEMANTIC_THRESHOLD = 0.95
+#: The target a step given ``semantic_cache=True`` calibrates its threshold for: reused answers
+#: agree with the engine's own at least 95% of the time, with 95% confidence (see
+#: :mod:`semframe.cache.semantic`, "Calibrated thresholds"). No fixed default threshold.
+DEFAULT_SEMANTIC_ACCURACY = 0.95
+DEFAULT_SEMANTIC_CONFIDENCE = 0.95
+#: There is no fixed default threshold any more (``semantic_cache=True`` is calibrated); the name
+#: stays, None, for modules that still import it.
+DEFAULT_SEMANTIC_THRESHOLD = None
 
 
 def resolve_template(text: Any, columns: Sequence[str], where: str) -> Template:
@@ -37,14 +43,42 @@ def resolve_template(text: Any, columns: Sequence[str], where: str) -> Template:
     return template
 
 
-def _semantic_cache(value: bool | float | None, where: str) -> float | None:
+def _semantic_cache(value: Any, where: str) -> float | None:
+    """What a step's ``semantic_cache=`` becomes: None (off), a fixed threshold chosen by the
+    user (a float in (0, 1], not calibrated), or a threshold the step calibrates itself
+    (``True``: for :data:`DEFAULT_SEMANTIC_ACCURACY` at :data:`DEFAULT_SEMANTIC_CONFIDENCE`;
+    ``sf.Target(...)``: for that target), held as a
+    :class:`~semframe.cache.semantic.CalibratedThreshold`.
+
+    Examples
+    --------
+    >>> import semframe as sf
+    >>> _semantic_cache(0.9, "semantic.classify"), _semantic_cache(False, "semantic.classify")
+    (0.9, None)
+    >>> _semantic_cache(True, "semantic.classify").target
+    Target(accuracy=0.95, confidence=0.95, sample=None, seed=0)
+    >>> _semantic_cache(sf.Target(accuracy=0.9, sample=100), "semantic.classify").target.sample
+    100
+    """
+    from semframe.cache.semantic import CalibratedThreshold
+    from semframe.plan.approx import Target
+
     if value is None or value is False:
         return None
     if value is True:
-        return DEFAULT_SEMANTIC_THRESHOLD
+        return CalibratedThreshold(Target(accuracy=DEFAULT_SEMANTIC_ACCURACY, confidence=DEFAULT_SEMANTIC_CONFIDENCE))
+    if isinstance(value, CalibratedThreshold):
+        return value
+    if isinstance(value, Target):
+        if getattr(value, "accuracy", None) is None:
+            raise PlanError(f"{where}: semantic_cache takes an accuracy target (the agreement of reused answers "
+                            f"with the engine's own), e.g. sf.Target(accuracy=0.95); got {value!r}")
+        return CalibratedThreshold(value)
     if isinstance(value, (int, float)) and 0 < value <= 1:
         return float(value)
-    raise PlanError(f"{where}: semantic_cache must be True, False or a similarity threshold in (0, 1], got {value!r}")
+    raise PlanError(f"{where}: semantic_cache must be True (a threshold calibrated for the step), "
+                    f"sf.Target(accuracy=..., confidence=...) (calibrated for that target), False, or a fixed "
+                    f"similarity threshold in (0, 1], got {value!r}")
 
 
 def _labels(labels: Any) -> ChoiceSpec:
