@@ -250,9 +250,11 @@ def test_approx_filter_keeps_the_rows_the_answers_say() -> None:
         df.lazy().semantic.filter("{title}", proxy=sf.HashingEmbedder())
 
 
-def test_a_plan_with_an_approximate_step_cannot_be_saved_yet() -> None:
-    with pytest.raises(PlanError, match="SemApproxClassify step cannot be saved"):
+def test_a_plan_with_an_approximate_step_refuses_engine_and_embedder_objects() -> None:
+    with pytest.raises(PlanError, match=r"embedder object \(HashingEmbedder\).*sf.SentenceTransformerEmbedder"):
         _plan(_data(20)).serialize()
+    with pytest.raises(PlanError, match=r"proxy is an engine object .*sf.configure\(engines="):
+        _plan(_data(20), proxy=sf.DeterministicEngine(model="small")).serialize()
 
 
 def test_a_table_no_larger_than_the_sample_is_all_oracle() -> None:

@@ -135,17 +135,18 @@ def test_twins_with_the_same_answer_certify_and_every_reuse_is_right(use_vectors
 
 
 def test_look_alikes_with_other_answers_keep_the_threshold_above_them(use_vectors):
-    # 300 twins at 0.99-0.995 (same item), 200 look-alikes at 0.9 (another item, another label):
-    # a fixed 0.9 would reuse wrong answers; the calibrated threshold stops above 0.9.
-    texts, table, label = make_table(700, twins=300, look_alikes=200, look_alike_cos=0.9)
+    # 900 twins at 0.99-0.995 (same item), 200 look-alikes at 0.9 (another item, another label):
+    # a fixed 0.9 would reuse wrong answers; the calibrated threshold stops above 0.9. (Enough
+    # twins that the rows left to reuse after the sample are many: the bound is about them.)
+    texts, table, label = make_table(1200, twins=900, look_alikes=200, look_alike_cos=0.9)
     use_vectors(table)
-    run = classify(texts).run(gold_engine(label), batch_size=2000, cache=False)
+    run = classify(texts).run(gold_engine(label), batch_size=4000, cache=False)
     notes = run.step_metrics[0].notes["semantic_cache"]
     assert notes["certified"] and 0.9 < notes["threshold"] <= 0.99
     assert notes["agreeing"] < notes["sampled"]  # the sample saw look-alikes that disagree
     out = run.df.with_columns(own=pl.col("text").map_elements(lambda t: own_answer(label, t), pl.String))
     assert _semantic_rows(run).height > 0 and (out["c"] == out["own"]).all()
-    fixed = classify(texts, semantic_cache=0.9).run(gold_engine(label), batch_size=2000, cache=False)
+    fixed = classify(texts, semantic_cache=0.9).run(gold_engine(label), batch_size=4000, cache=False)
     wrong = fixed.df.with_columns(own=pl.col("text").map_elements(lambda t: own_answer(label, t), pl.String))
     assert (wrong["c"] != wrong["own"]).sum() > 0  # what the calibration avoided
 
@@ -281,3 +282,12 @@ def test_a_rerun_asks_nothing_when_the_first_run_reused_only_after_its_first_bat
     asked = engine.requests_seen
     again = classify(texts + later).run(engine, batch_size=600)
     assert engine.requests_seen == asked and again.df.equals(first.df)
+
+
+def test_a_calibrated_setting_survives_a_plan_file():
+    plan = pl.DataFrame({"t": ["a", "b"]}).lazy().semantic.classify("t", ["YES", "NO"], name="c", semantic_cache=True)
+    back = sf.deserialize(plan.serialize())
+    assert isinstance(back.plan.semantic_cache, CalibratedThreshold)  # not the 1.0 it poses as
+    assert back.plan.semantic_cache == plan.plan.semantic_cache
+    fixed = pl.DataFrame({"t": ["a"]}).lazy().semantic.classify("t", ["YES", "NO"], semantic_cache=0.9)
+    assert sf.deserialize(fixed.serialize()).plan.semantic_cache == 0.9

@@ -35,17 +35,17 @@ step calibrates its own threshold on its first batch before it reuses anything
    cache would reuse equals the engine's own answer for the row;
 4. the threshold is the lowest similarity, in a fixed sequence from 1.0 down to the floor, at
    which the fixed-sequence test of :func:`semframe.execution.calibration.certify_threshold`
-   certifies the target (default ``accuracy=0.95, confidence=0.95``; the Clopper-Pearson bound);
+   certifies the target (default ``accuracy=0.95, confidence=0.95``; the exact hypergeometric
+   bound over this batch's candidates, the sample being drawn from them without replacement);
 5. the batch's other candidates at or above it reuse their nearest pool answer; every other row
    goes to the engine. No threshold certified: the step reuses nothing, in this batch or later
    ones, and its notes say so (:class:`SemanticCalibration`).
 
-What is guaranteed: with probability at least ``confidence`` over the random pool and sample, a
-candidate whose nearest pool text is at least as similar as the threshold gets, by reuse, the
-engine's own answer for it with probability at least ``accuracy`` -- the sampled candidates
-standing for the batch's candidates as independent draws (they are a random sample of them).
-That covers the rows reused in the first batch. Later batches reuse at the same threshold from
-every answer so far (and cluster within the batch as above): that they are like the first batch
+What is guaranteed: with probability at least ``confidence`` over the random sample, the rows the
+first batch answers by reuse -- its candidates at or above the threshold that were neither sampled
+nor answered otherwise -- get the engine's own answer for them in at least an ``accuracy`` share
+(the bound is about that finite set of rows, not an imagined population). Later batches reuse at
+the same threshold from every answer so far (and cluster within the batch as above): that they are like the first batch
 (the table's order unrelated to its content) is an assumption, which
 :func:`~semframe.cache.audit.audit_semantic_cache` checks.
 
@@ -78,6 +78,7 @@ import numpy as np
 from semframe.cache.index import VectorIndex
 from semframe.cache.store import storable_answers, stored_answer
 from semframe.engines.base import Completion
+from semframe.plan.approx import CalibratedThreshold  # re-exported: plan files save it, so it lives there
 
 if TYPE_CHECKING:
     from semframe.cache.embed import Embedder
@@ -101,49 +102,6 @@ def semantic_step_key(parts: dict[str, Any], embedding_model: str) -> str:
 #: The lowest similarity a calibrated threshold may have: texts less alike than this are never
 #: candidates for reuse (fixed before any data is seen, like the sequence of thresholds tested).
 CALIBRATION_FLOOR = 0.8
-
-
-class CalibratedThreshold(float):
-    """What a step's ``semantic_cache`` holds when the step calibrates its threshold itself
-    (``semantic_cache=True`` or ``semantic_cache=sf.Target(...)``): the target, in a float.
-
-    It is a float (1.0: only texts that embed identically, until calibrated) so that plan nodes,
-    which hold a similarity threshold, keep it as they are; ``explain()`` shows the target.
-
-    Examples
-    --------
-    >>> import semframe as sf
-    >>> c = CalibratedThreshold(sf.Target(accuracy=0.95, confidence=0.95))
-    >>> f"semantic cache >= {c:g}"
-    'semantic cache >= calibrated: accuracy >= 0.95 at confidence 0.95 (default sample, seed 0)'
-    >>> calibration_target(c) == sf.Target(accuracy=0.95, confidence=0.95), calibration_target(0.95)
-    (True, None)
-    """
-
-    target: Any
-
-    def __new__(cls, target: Any) -> CalibratedThreshold:
-        obj = super().__new__(cls, 1.0)
-        obj.target = target
-        return obj
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (CalibratedThreshold, (self.target,))
-
-    def __format__(self, spec: str) -> str:
-        return f"calibrated: {self.target.describe()}"
-
-    def __repr__(self) -> str:
-        return f"CalibratedThreshold({self.target!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, CalibratedThreshold) and other.target == self.target
-
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
-    def __hash__(self) -> int:
-        return hash(("calibrated", self.target))
 
 
 def calibration_target(value: Any) -> Any:

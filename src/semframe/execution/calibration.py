@@ -50,6 +50,13 @@ candidate thresholds in a fixed order, as Learn-then-Test does) -- simplified: a
 grid and exact hypergeometric / Clopper-Pearson bounds (``scipy.stats``, imported where used)
 rather than BARGAIN's adaptive sampling and tighter betting-based bounds.
 
+Precision and recall targets of a filter (SUPG's two query kinds) are certified by
+:func:`certify_precision` (the lowest YES-score threshold whose unchecked rows above, with the
+known positives, keep a certified precision) and :func:`certify_recall` (the highest threshold
+below which rows may be dropped unchecked with a certified recall), on the same exact
+finite-population bounds (:func:`hypergeometric_lower`, :func:`hypergeometric_upper`) and the
+same fixed-sequence testing; see ``docs/approximation.md`` for the guarantee.
+
 :func:`wilson_interval` and :func:`clopper_pearson_interval` report the agreement an audit
 measured (``RunResult.audit``).
 """
@@ -185,18 +192,26 @@ class Certification:
     correct_above: int = 0
     lower_bound: float | None = None
     tested: tuple[tuple[float, int, int, float, bool], ...] = field(default=(), repr=False)
+    measure: str = "accuracy"
 
     @property
     def certified(self) -> bool:
         return self.threshold is not None
 
     def describe(self) -> str:
+        m = self.measure
         if self.threshold is None:
-            return (f"no threshold certified accuracy >= {self.accuracy:g} at confidence {self.confidence:g} "
-                    f"from {self.calibration_rows} calibration rows: the oracle answers every row")
-        return (f"threshold {self.threshold:.4g}: {self.correct_above}/{self.rows_above} calibration rows right, "
-                f"accuracy >= {self.lower_bound:.3f} at confidence {self.confidence:g} "
-                f"(target {self.accuracy:g})")
+            tail = ": the oracle answers every row" if m == "accuracy" else ""
+            return (f"no threshold certified {m} >= {self.accuracy:g} at confidence {self.confidence:g} "
+                    f"from {self.calibration_rows} calibration rows{tail}")
+        if m == "accuracy":
+            counted = f"{self.correct_above}/{self.rows_above} calibration rows right"
+        elif m == "precision":
+            counted = f"{self.correct_above}/{self.rows_above} calibration rows at or above it positive"
+        else:
+            counted = f"{self.correct_above} of {self.rows_above} calibration rows below it positive"
+        return (f"threshold {self.threshold:.4g}: {counted}, {m} >= {self.lower_bound:.3f} at confidence "
+                f"{self.confidence:g} (target {self.accuracy:g})")
 
 
 def certify_threshold(scores: Sequence[float] | np.ndarray, correct: Sequence[bool] | np.ndarray, *,
@@ -290,6 +305,188 @@ def _table_bound(k: int, n: int, N: int, known_above: np.ndarray, known_correct:
     if left <= 0:
         return 1.0  # nothing left for the proxy to answer: nothing it can get wrong
     return max(0.0, (hypergeometric_lower(k, n, N, confidence) - k - c) / left)
+
+
+def hypergeometric_upper(k: int, n: int, N: int, confidence: float) -> int:
+    """One-sided upper confidence bound of the successes ``K`` in a population of ``N``, from ``k``
+    successes in a simple random sample of ``n`` (the lower bound of the failures, turned round).
+
+    >>> hypergeometric_upper(0, 50, 50, 0.95), hypergeometric_upper(0, 0, 80, 0.95)
+    (0, 80)
+    >>> hypergeometric_upper(5, 100, 1000, 0.95) > 50
+    True
+    """
+    if n <= 0:
+        return N
+    return N - hypergeometric_lower(n - k, n, N, confidence)
+
+
+def _yes_grid() -> tuple[float, ...]:
+    return tuple(sorted({round(t, 6) for t in THRESHOLDS} | {round(1.0 - t, 6) for t in THRESHOLDS}, reverse=True))
+
+
+#: Thresholds of a YES-probability (precision and recall targets): :data:`THRESHOLDS` and their
+#: mirror images, so the grid is as fine near 0 (sure NO) as near 1 (sure YES). Descending.
+YES_THRESHOLDS: tuple[float, ...] = _yes_grid()
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The rows a precision or recall certification reasons about (see :func:`certify_precision`)."""
+
+    cal: np.ndarray
+    pos: np.ndarray
+    pop: np.ndarray
+    known: np.ndarray
+    known_pos: np.ndarray
+    extra: int
+
+    @classmethod
+    def of(cls, scores: Any, positive: Any, population: Any, known_scores: Any, known_positive: Any,
+           extra_positives: int) -> _Rows:
+        cal, pos = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
+        known, known_pos = np.asarray(known_scores, dtype=float), np.asarray(known_positive, dtype=bool)
+        if cal.shape != pos.shape or known.shape != known_pos.shape:
+            raise ValueError("scores and positive (and known_scores and known_positive) must have the same length")
+        pop = np.asarray(population, dtype=float)
+        if pop.size < cal.size + known.size:
+            raise ValueError(f"population ({pop.size} rows) must hold the calibration ({cal.size}) and known "
+                             f"({known.size}) rows")
+        return cls(cal, pos, pop, known, known_pos, int(extra_positives))
+
+    @property
+    def kept_known(self) -> int:
+        """Positives whose oracle answer is known: kept wherever they score."""
+        return self.extra + int(self.pos.sum()) + int(self.known_pos.sum())
+
+    def unknown_positives_low(self, side: np.ndarray, cal_side: np.ndarray, known_side: np.ndarray,
+                              confidence: float) -> tuple[int, int, int]:
+        """(lower bound of the unknown rows' positives, calibration rows, their positives) on one side."""
+        N, n = int(side.sum()), int(cal_side.sum())
+        k = int(self.pos[cal_side].sum())
+        c = int(self.known_pos[known_side].sum())
+        return max(0, hypergeometric_lower(k, n, N, confidence) - k - c), n, k
+
+    def unknown_positives_high(self, side: np.ndarray, cal_side: np.ndarray, known_side: np.ndarray,
+                               confidence: float) -> tuple[int, int, int]:
+        """(upper bound of the unknown rows' positives, calibration rows, their positives) on one side."""
+        N, n = int(side.sum()), int(cal_side.sum())
+        k = int(self.pos[cal_side].sum())
+        c = int(self.known_pos[known_side].sum())
+        unknown = N - n - int(known_side.sum())
+        return max(0, min(unknown, hypergeometric_upper(k, n, N, confidence) - k - c)), n, k
+
+
+def _check_target(name: str, value: float, confidence: float, thresholds: Sequence[float]) -> None:
+    if not 0.0 < value < 1.0 or not 0.0 < confidence < 1.0:
+        raise ValueError(f"{name} and confidence must be in (0, 1), got {value}, {confidence}")
+    if any(a <= b for a, b in zip(thresholds, thresholds[1:])):
+        raise ValueError("thresholds must be strictly decreasing")
+
+
+def certify_precision(scores: Sequence[float] | np.ndarray, positive: Sequence[bool] | np.ndarray, *,
+                      precision: float, confidence: float, population: Sequence[float] | np.ndarray,
+                      known_scores: Sequence[float] | np.ndarray = (),
+                      known_positive: Sequence[bool] | np.ndarray = (), extra_positives: int = 0,
+                      thresholds: Sequence[float] = YES_THRESHOLDS, min_rows: int | None = None) -> Certification:
+    """The lowest YES-score threshold at which keeping the rows scoring at or above it, unchecked,
+    keeps a set of certified ``precision`` (SUPG's precision target).
+
+    The rows reasoned about are the table's rows outside the proxy's training rows
+    (``population``: their scores); ``scores`` / ``positive`` are the calibration rows among them
+    (a simple random sample, with the oracle's answer: YES = positive). The kept set is every
+    positive whose oracle answer is known (calibration rows, ``known_*`` rows -- repeats of a
+    sampled text -- and ``extra_positives``, e.g. the training rows' positives) plus the rows of
+    unknown answer scoring >= t. At each threshold ``t`` (descending, fixed-sequence testing as
+    in :func:`certify_threshold`; thresholds with fewer calibration rows above than could certify
+    at all, :func:`min_rows_to_certify`, or than ``min_rows``, are passed over), the exact
+    hypergeometric lower bound of the positives among the ``N_t`` rows scoring >= t gives a
+    lower bound of the kept set's precision; ``t`` passes if it reaches ``precision``. ``correct_above`` / ``rows_above``: calibration positives / rows >= the threshold.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> pop = rng.uniform(size=5000); cal = pop[:500]; pos = rng.uniform(size=500) < cal
+    >>> c = certify_precision(cal, pos, precision=0.8, confidence=0.95, population=pop)
+    >>> c.certified, round(c.threshold, 2), c.lower_bound >= 0.8
+    (True, 0.64, True)
+    """
+    _check_target("precision", precision, confidence, thresholds)
+    rows = _Rows.of(scores, positive, population, known_scores, known_positive, extra_positives)
+    need = max(min_rows_to_certify(precision, confidence), 0 if min_rows is None else min_rows)
+    tested: list[tuple[float, int, int, float, bool]] = []
+    best: tuple[float, int, int, float] | None = None
+    for t in thresholds:
+        cal_above = rows.cal >= t
+        if int(cal_above.sum()) < need:
+            continue
+        known_above = rows.known >= t
+        pop_above = rows.pop >= t
+        low, n, k = rows.unknown_positives_low(pop_above, cal_above, known_above, confidence)
+        unchecked = int(pop_above.sum()) - n - int(known_above.sum())
+        denom = rows.kept_known + unchecked
+        bound = 1.0 if denom == 0 else (rows.kept_known + low) / denom
+        passed = bound >= precision
+        tested.append((float(t), n, k, bound, passed))
+        if not passed:
+            break
+        best = (float(t), n, k, bound)
+    if best is None:
+        return Certification(None, precision, confidence, int(rows.cal.size), tested=tuple(tested),
+                             measure="precision")
+    return Certification(best[0], precision, confidence, int(rows.cal.size), best[1], best[2], best[3],
+                         tuple(tested), measure="precision")
+
+
+def certify_recall(scores: Sequence[float] | np.ndarray, positive: Sequence[bool] | np.ndarray, *,
+                   recall: float, confidence: float, population: Sequence[float] | np.ndarray,
+                   known_scores: Sequence[float] | np.ndarray = (),
+                   known_positive: Sequence[bool] | np.ndarray = (), extra_positives: int = 0,
+                   thresholds: Sequence[float] = YES_THRESHOLDS) -> Certification:
+    """The highest YES-score threshold at which dropping the rows of unknown answer scoring below
+    it, unchecked, keeps a certified ``recall`` of the rows the oracle would keep (SUPG's recall
+    target).
+
+    Rows as in :func:`certify_precision`. Every positive whose answer is known is kept, and every
+    row of unknown answer scoring >= t is kept (by the proxy, or checked by the oracle: the bound
+    is the same); the positives lost are the unknown rows below t that the oracle would keep.
+    Thresholds are tested **ascending** (``thresholds`` is given descending, like everywhere in
+    this module), by fixed-sequence testing: recall falls as t rises, and testing stops at the
+    first t that fails. Thresholds with no row of unknown answer below them are passed over (they
+    drop nothing). The test at t splits ``1 - confidence`` in two (Bonferroni): an exact
+    hypergeometric upper bound of the positives below t and a lower bound of those at or above
+    it, each at ``1 - (1 - confidence) / 2``; recall >= kept_low / (kept_low + lost_high).
+    ``rows_above`` / ``correct_above``: calibration rows below the threshold and the positives
+    among them.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> pop = rng.uniform(size=5000); cal = pop[:500]; pos = rng.uniform(size=500) < cal ** 3
+    >>> c = certify_recall(cal, pos, recall=0.9, confidence=0.95, population=pop)
+    >>> c.certified, 0.2 < c.threshold < 0.5, c.lower_bound >= 0.9
+    (True, True, True)
+    """
+    _check_target("recall", recall, confidence, thresholds)
+    rows = _Rows.of(scores, positive, population, known_scores, known_positive, extra_positives)
+    half = 1.0 - (1.0 - confidence) / 2
+    tested: list[tuple[float, int, int, float, bool]] = []
+    best: tuple[float, int, int, float] | None = None
+    for t in reversed(thresholds):
+        pop_below, cal_below, known_below = rows.pop < t, rows.cal < t, rows.known < t
+        if int(pop_below.sum()) - int(cal_below.sum()) - int(known_below.sum()) <= 0:
+            continue  # nothing of unknown answer below t: nothing dropped, nothing to test
+        lost, n, k = rows.unknown_positives_high(pop_below, cal_below, known_below, half)
+        above, _, _ = rows.unknown_positives_low(~pop_below, ~cal_below, ~known_below, half)
+        kept = rows.kept_known + above
+        bound = 1.0 if kept + lost == 0 else kept / (kept + lost)
+        passed = bound >= recall
+        tested.append((float(t), n, k, bound, passed))
+        if not passed:
+            break
+        best = (float(t), n, k, bound)
+    if best is None:
+        return Certification(None, recall, confidence, int(rows.cal.size), tested=tuple(tested), measure="recall")
+    return Certification(best[0], recall, confidence, int(rows.cal.size), best[1], best[2], best[3],
+                         tuple(tested), measure="recall")
 
 
 def default_sample_size(rows: int) -> int:

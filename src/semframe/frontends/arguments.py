@@ -19,9 +19,6 @@ from semframe.plan.template import Template
 #: :mod:`semframe.cache.semantic`, "Calibrated thresholds"). No fixed default threshold.
 DEFAULT_SEMANTIC_ACCURACY = 0.95
 DEFAULT_SEMANTIC_CONFIDENCE = 0.95
-#: There is no fixed default threshold any more (``semantic_cache=True`` is calibrated); the name
-#: stays, None, for modules that still import it.
-DEFAULT_SEMANTIC_THRESHOLD = None
 
 
 def resolve_template(text: Any, columns: Sequence[str], where: str) -> Template:
@@ -48,7 +45,7 @@ def _semantic_cache(value: Any, where: str) -> float | None:
     user (a float in (0, 1], not calibrated), or a threshold the step calibrates itself
     (``True``: for :data:`DEFAULT_SEMANTIC_ACCURACY` at :data:`DEFAULT_SEMANTIC_CONFIDENCE`;
     ``sf.Target(...)``: for that target), held as a
-    :class:`~semframe.cache.semantic.CalibratedThreshold`.
+    :class:`~semframe.plan.approx.CalibratedThreshold`.
 
     Examples
     --------
@@ -60,8 +57,7 @@ def _semantic_cache(value: Any, where: str) -> float | None:
     >>> _semantic_cache(sf.Target(accuracy=0.9, sample=100), "semantic.classify").target.sample
     100
     """
-    from semframe.cache.semantic import CalibratedThreshold
-    from semframe.plan.approx import Target
+    from semframe.plan.approx import CalibratedThreshold, Target
 
     if value is None or value is False:
         return None

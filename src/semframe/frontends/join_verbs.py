@@ -21,7 +21,7 @@ class JoinVerbs:
     def join(self, right: Any, template: str, *, how: str = "inner", algorithm: str = "auto",
              candidates: int = 10, audit: int = 100, instruction: str | None = None,
              max_tokens: int | None = None, temperature: float = 0.0, cache: bool | None = None,
-             **run_options: Any) -> Any:
+             approx: Any = None, **run_options: Any) -> Any:
         """Pairs of rows, one from this frame and one from ``right``, for which the model answers YES.
 
         Parameters
@@ -53,6 +53,10 @@ class JoinVerbs:
             Decoding limits.
         cache
             ``False`` keeps this step out of the persistent exact cache.
+        approx
+            ``sf.Target(recall=r, confidence=c)``: blocking widens its blocks until a recall of at
+            least ``r`` is certified on a random sample of pairs (docs/approximation.md, "A recall
+            target on join"); every pair returned was asked.
 
         Returns
         -------
@@ -83,5 +87,5 @@ class JoinVerbs:
         other = input_plan(right, where)
         node = SemJoin(plan, other, join_template(template, plan.columns, other.columns, where), how=how,
                        algorithm=algorithm, candidates=candidates, audit=audit, instruction=instruction,
-                       max_tokens=max_tokens, temperature=temperature, cache=cache)
+                       max_tokens=max_tokens, temperature=temperature, cache=cache, approx=approx)
         return self._finish(node, run_options)

@@ -12,7 +12,6 @@ from typing import Any
 
 from semframe.frontends.aggregate_verbs import AggregateVerbs
 from semframe.frontends.arguments import (  # noqa: F401  (re-exported: the CLI uses them)
-    DEFAULT_SEMANTIC_THRESHOLD,
     _labels,
     _semantic_cache,
     resolve_template,
@@ -76,8 +75,10 @@ class SemanticVerbs(JoinVerbs, AggregateVerbs, RankingVerbs, EmbeddingVerbs, Clu
         proxy
             With ``approx``: ``None`` / ``"learned"`` (logistic regression on embeddings of the
             default embedder, trained on the calibration answers), an embedding engine (the
-            learned proxy on its embeddings, e.g. ``sf.HashingEmbedder()``), or a cheaper engine
-            (or engine name) for a cascade.
+            learned proxy on its embeddings, e.g. ``sf.HashingEmbedder()``), a cheaper engine
+            (or engine name) for a cascade, or a list of those (``[sf.HashingEmbedder(), "small"]``):
+            combined sources, each answering the rows it is certified for that no earlier one
+            answered, the engine the rest.
 
         Examples
         --------
@@ -110,7 +111,9 @@ class SemanticVerbs(JoinVerbs, AggregateVerbs, RankingVerbs, EmbeddingVerbs, Clu
         as polars drops rows whose predicate is null.
 
         ``approx=sf.Target(...)`` and ``proxy=`` work as for :meth:`classify`: a proxy answers
-        YES or NO where its accuracy is certified (see docs/approximation.md).
+        YES or NO where its accuracy is certified. ``approx=sf.Target(precision=..., recall=...)``
+        (either or both) targets the rows kept instead, against the rows the engine would keep
+        (SUPG; see docs/approximation.md).
 
         Examples
         --------
@@ -183,6 +186,13 @@ def _approx_fields(approx: Any, proxy: Any, where: str) -> dict[str, Any]:
         if proxy is not None:
             raise PlanError(f"{where}: proxy= needs a target; pass approx=sf.Target(accuracy=..., confidence=...)")
         return {}
+    if isinstance(proxy, (list, tuple)):  # combined sources, in the order they answer
+        embedders = [p for p in proxy if _is_embedder(p)]
+        if len(embedders) > 1:
+            raise PlanError(f"{where}: proxy= lists {len(embedders)} embedding engines; the learned proxy is one "
+                            "source, give one embedder")
+        sources = tuple("learned" if _is_embedder(p) else p for p in proxy)
+        return {"approx": approx, "proxy": sources, "embedder": embedders[0] if embedders else None}
     if _is_embedder(proxy):
         return {"approx": approx, "proxy": "learned", "embedder": proxy}
     return {"approx": approx, "proxy": proxy}

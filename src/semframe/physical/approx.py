@@ -22,6 +22,14 @@ over its whole input (it needs every row to draw the sample):
    answer is reused, free); the rest are asked of the oracle. No certified threshold: the
    oracle answers every row, and metrics, lineage and the step's notes say so.
 
+Targets: ``Target(accuracy=...)`` (classify and filter) certifies the proxy's agreement with the
+oracle on the rows it answers; a filter's ``Target(precision=..., recall=...)`` certifies YES-score
+thresholds instead (SUPG): rows above the precision threshold are kept unchecked, rows below the
+recall threshold dropped unchecked, the band between asked of the oracle
+(:func:`~semframe.execution.calibration.certify_precision`, ``certify_recall``). Several sources
+(``proxy=[...]``, accuracy only) each get a disjoint part of the sample and ``1 - confidence``
+divided among them; source ``k`` answers the rows it is certified for that no earlier one answered.
+
 Lineage sources: ``calibration`` (an oracle answer of the sample; ``note`` says how it was
 fetched), ``proxy`` / ``cascade`` (``note`` says the threshold and target), and the usual
 ``engine`` / ``exact_cache`` / ``dedup`` for the oracle rows below the threshold (``note`` says
@@ -42,7 +50,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from semframe.execution.calibration import certify_threshold, default_sample_size
+from semframe.execution.calibration import (
+    certify_precision,
+    certify_recall,
+    certify_threshold,
+    default_sample_size,
+)
 from semframe.execution.context import RunContext
 from semframe.execution.lineage import Outcome, StepMetrics
 from semframe.execution.provenance import Batch, scalar_ids
@@ -50,7 +63,9 @@ from semframe.execution.render import render_texts
 from semframe.execution.resolver import StepInfo
 from semframe.physical.base import EstimateContext, EstState
 from semframe.physical.semantic import ClassifyOp, FilterOp, StepRun, gather, physical_for
-from semframe.plan.approx import SemApproxClassify, SemApproxFilter
+from semframe.plan.approx import LEARNED, SemApproxClassify, SemApproxFilter
+from semframe.plan.embedding import embedder_text
+from semframe.plan.semantic import engine_label
 
 #: Share of the calibration sample the learned proxy trains on (the rest certifies it).
 TRAIN_SHARE = 0.5
@@ -74,6 +89,27 @@ class ApproxPool:
     sources: list[str]
 
 
+@dataclass
+class _Decision:
+    """What the certification decided for the rows outside the sample.
+
+    ``proxied``: row -> (value, lineage source, score, note) for the rows a proxy answers;
+    ``oracle_note``: the note of the oracle rows outside the sample; ``scores``: the score shown
+    in each row's ``similarity``; ``notes``: the step's ``notes["approx"]`` (without the common
+    keys); ``summary``: the calibration rows' note.
+    """
+
+    proxied: dict[int, tuple[str, str, float, str | None]]
+    oracle_note: dict[int, str]
+    scores: dict[int, float]
+    notes: dict[str, Any]
+    summary: str
+
+
+def _kind(source: Any) -> str:
+    return "proxy" if source in LEARNED else "cascade"
+
+
 class ApproxRowOp:
     """The approximate algorithm (see the module doc), mixed in before an exact row operator
     (:class:`ApproxClassifyOp`, :class:`ApproxFilterOp`) whose requests and rows it reuses."""
@@ -81,6 +117,12 @@ class ApproxRowOp:
     node: Any
 
     # ------------------------------------------------------------------ execution
+
+    def sample_size(self, rows: int) -> int:
+        """Calibration rows for a step over ``rows`` rows: ``Target.sample`` (or the default) per source."""
+        target = self.node.approx
+        per = target.sample if target.sample is not None else default_sample_size(rows)
+        return min(rows, per * len(self.node.sources))
 
     def execute(self, ctx: RunContext) -> Iterator[Batch]:
         node, target = self.node, self.node.approx
@@ -94,7 +136,7 @@ class ApproxRowOp:
         n = batch.height
         row_ids = scalar_ids(batch.ids)
         askable = [i for i, r in enumerate(requests) if r is not None]
-        size = min(len(askable), target.sample if target.sample is not None else default_sample_size(len(askable)))
+        size = self.sample_size(len(askable))
         rng = random.Random(target.seed)
         sample = sorted(rng.sample(askable, size))
         outcomes: list[Outcome | None] = [None] * n
@@ -103,66 +145,47 @@ class ApproxRowOp:
         for i, o in zip(sample, self._resolve(ctx, run.info, requests, texts, row_ids, sample)):
             outcomes[i] = o
         metrics.add_all([outcomes[i] for i in sample])  # type: ignore[misc]
-
-        # 3. proxy answers and scores (learned: train on part of the sample, certify on the rest)
-        in_sample = set(sample)
-        kind = "proxy" if node.is_learned else "cascade"
-        calibrate: list[int] = []
-        preds: dict[int, str] = {}
-        scores: dict[int, float] = {}
-        if len(sample) == len(askable):
-            pass  # the sample is every row: the oracle answered all of them, no proxy is needed
-        elif node.is_learned:
-            train = set(random.Random(target.seed + 1).sample(sample, int(len(sample) * TRAIN_SHARE)))
-            calibrate = [i for i in sample if i not in train]
-            preds, scores = self._learned(texts, askable, outcomes, sorted(train))
-        else:
-            calibrate = list(sample)
-            preds, scores = self._cascade(ctx, run, requests, texts, row_ids, askable)
-
-        # 4. certify a threshold on rows the proxy did not learn from, for this table's rows:
-        # the calibration rows are a random sample of the rows outside the training half.
-        rest = [i for i in askable if i not in in_sample]
-        usable = [i for i in calibrate if i in preds]  # an oracle null counts as the proxy being wrong
         # A row repeating a sampled row's text takes the oracle's answer (a free dedup hit), so
-        # the proxy does not answer it; whether the proxy was right on it is known.
+        # no proxy answers it; whether the proxy was right on it is known.
         sampled: dict[str | None, Any] = {}
         if self.dedupe:
             for i in sample:
                 sampled.setdefault(texts[i], outcomes[i].value)  # type: ignore[union-attr]
-        known = [i for i in rest if i in preds and texts[i] in sampled]
-        cert = certify_threshold([scores[i] for i in usable],
-                                 [preds[i] == outcomes[i].value for i in usable],  # type: ignore[union-attr]
-                                 accuracy=target.accuracy, confidence=target.confidence,
-                                 population=[scores[i] for i in usable + [j for j in rest if j in preds]],
-                                 known_scores=[scores[i] for i in known],
-                                 known_correct=[preds[i] == sampled[texts[i]] for i in known])
+        in_sample = set(sample)
+        rest = [i for i in askable if i not in in_sample]
+        args = (ctx, run, requests, texts, row_ids, askable, sample, rest, outcomes, sampled)
 
-        # 5. answer: proxy above the threshold, oracle below
-        t = cert.threshold
-        by_proxy = [] if t is None else [i for i in rest if i in preds and scores[i] >= t
-                                         and texts[i] not in sampled]
-        proxied = set(by_proxy)
-        by_oracle = [i for i in rest if i not in proxied]
+        # 3-4. proxy scores and certification
+        if len(sample) == len(askable):
+            decision = _Decision({}, {}, {}, {"threshold": None, "certified": False, "lower_bound": None,
+                                              "calibration_rows": 0},
+                                 f"the calibration sample is every row ({len(sample)}): "
+                                 "the oracle answered all of them")
+        elif target.kind == "accuracy":
+            decision = self._certify_accuracy(*args)
+        else:
+            decision = self._certify_rows(*args)
+
+        # 5. answer: the proxies' rows, the oracle the rest
+        by_proxy = sorted(decision.proxied)
+        by_oracle = [i for i in rest if i not in decision.proxied]
         oracle_done = self._resolve(ctx, run.info, requests, texts, row_ids, by_oracle)
         metrics.add_all(oracle_done)
-        below = (f"{kind} score below threshold {t:.4g}: asked the oracle" if t is not None
-                 else f"no {kind} threshold certified: asked the oracle")
         for i, o in zip(by_oracle, oracle_done):
-            outcomes[i] = dataclasses.replace(o, similarity=scores.get(i), note=_join(o.note, below))
-        why = (f"score >= threshold {t:.4g} certified for {kind} accuracy >= {target.accuracy:g} "
-               f"at confidence {target.confidence:g}") if t is not None else None
+            outcomes[i] = dataclasses.replace(o, similarity=decision.scores.get(i),
+                                              note=_join(o.note, decision.oracle_note.get(i)))
         for i in by_proxy:
-            outcomes[i] = Outcome(preds[i], kind, similarity=float(scores[i]), note=why)
+            value, kind, score, why = decision.proxied[i]
+            outcomes[i] = Outcome(value, kind, similarity=float(score), note=why)
         metrics.add_all([outcomes[i] for i in by_proxy])  # type: ignore[misc]
-        cal_note = cert.describe() if len(sample) < len(askable) else (
-            f"the calibration sample is every row ({len(sample)}): the oracle answered all of them")
         for i in sample:
             o = outcomes[i]
-            score = f", {kind} score {scores[i]:.3f}" if i in preds else ""
-            note = f"calibration sample (oracle answer from {o.source}{score}); {cal_note}"  # type: ignore[union-attr]
-            outcomes[i] = dataclasses.replace(o, source="calibration", similarity=scores.get(i),  # type: ignore[arg-type]
-                                              note=note)
+            score = decision.scores.get(i)
+            shown = "" if score is None else f", score {score:.3f}"
+            fetched = o.source  # type: ignore[union-attr]
+            note = f"calibration sample (oracle answer from {fetched}{shown}); {decision.summary}"
+            outcomes[i] = dataclasses.replace(o, source="calibration",  # type: ignore[arg-type]
+                                              similarity=score, note=note)
         for i in range(n):
             if outcomes[i] is None:
                 outcomes[i] = Outcome(None, "skipped", error=reasons[i] or "no request")
@@ -170,18 +193,21 @@ class ApproxRowOp:
         done: list[Outcome] = outcomes  # type: ignore[assignment]
         ctx.recorder.record(self.index, node.operator, node.output_name, run.model, batch.ids, done)
 
+        certified = decision.notes.get("certified", False)
         metrics.notes["approx"] = {
-            "source": kind, "target_accuracy": target.accuracy, "confidence": target.confidence,
-            "sample": len(sample), "calibration_rows": cert.calibration_rows, "threshold": t,
-            "certified": cert.certified, "lower_bound": cert.lower_bound, "proxy_answers": len(by_proxy),
-            "oracle_rows": len(by_oracle), "summary": cal_note,
-            "fallback": None if cert.certified else cal_note if len(sample) == len(askable)
+            "source": "+".join(_kind(s) for s in node.sources), "target": target.kind,
+            "target_accuracy": target.accuracy, "target_precision": target.precision,
+            "target_recall": target.recall, "confidence": target.confidence, "sample": len(sample),
+            **decision.notes, "proxy_answers": len(by_proxy), "oracle_rows": len(by_oracle),
+            "summary": decision.summary,
+            "fallback": None if certified else decision.summary if len(sample) == len(askable)
             else "no threshold certified: the oracle answered every row",
         }
         metrics.notes["approx_audit"] = ApproxPool(
             self.index, ctx.resolver.engine_of(run.info), [requests[i] for i in by_proxy],
-            [None if row_ids is None else row_ids[i] for i in by_proxy], [preds[i] for i in by_proxy],
-            [float(scores[i]) for i in by_proxy], [kind] * len(by_proxy))
+            [None if row_ids is None else row_ids[i] for i in by_proxy],
+            [decision.proxied[i][0] for i in by_proxy], [float(decision.proxied[i][2]) for i in by_proxy],
+            [decision.proxied[i][1] for i in by_proxy])
         metrics.rows_in += n
         out = self.emit_outcomes(batch, done)
         metrics.rows_out += out.height
@@ -191,6 +217,165 @@ class ApproxRowOp:
         self.close_step(ctx, run)
         yield out
 
+    def _parts(self, sample: list[int]) -> list[list[int]]:
+        """The calibration sample split into one disjoint random part per source."""
+        k = len(self.node.sources)
+        if k == 1:
+            return [sample]
+        shuffled = list(sample)
+        random.Random(self.node.approx.seed + 2).shuffle(shuffled)
+        return [sorted(shuffled[j::k]) for j in range(k)]
+
+    def _source_answers(self, ctx: RunContext, run: StepRun, source: Any, part: list[int], requests: list[Any],
+                        texts: list[str | None], row_ids: list[Any] | None, askable: list[int],
+                        outcomes: list[Outcome | None], yes: str | None = None,
+                        ) -> tuple[list[int], list[int], dict[int, str], dict[int, float]]:
+        """(training rows, calibration rows, answers, scores) of one source over ``askable``.
+
+        The learned proxy trains on half of ``part`` and is calibrated on the other half; a cascade
+        is calibrated on the whole part. ``yes``: score = the probability of that label (a
+        filter's precision/recall target) rather than of the label chosen.
+        """
+        if source in LEARNED:
+            train = set(random.Random(self.node.approx.seed + 1).sample(part, int(len(part) * TRAIN_SHARE)))
+            preds, scores = self._learned(texts, askable, outcomes, sorted(train), yes)
+            return sorted(train), [i for i in part if i not in train], preds, scores
+        preds, scores = self._cascade(ctx, run, source, requests, texts, row_ids, askable, yes)
+        return [], list(part), preds, scores
+
+    def _certify_accuracy(self, ctx: RunContext, run: StepRun, requests: list[Any], texts: list[str | None],
+                          row_ids: list[Any] | None, askable: list[int], sample: list[int], rest: list[int],
+                          outcomes: list[Outcome | None], sampled: dict[str | None, Any]) -> _Decision:
+        """Accuracy target: each source in turn certifies a threshold on its own calibration part,
+        over the rows no earlier source answers, at ``1 - (1 - confidence) / sources`` (Bonferroni)."""
+        node, target = self.node, self.node.approx
+        sources = node.sources
+        k = len(sources)
+        confidence = 1.0 - (1.0 - target.confidence) / k
+        proxied: dict[int, tuple[str, str, float, str | None]] = {}
+        shown: dict[int, float] = {}
+        claimed: set[int] = set()  # rows (sampled or not) an earlier source scores at or above its threshold
+        per_source: list[dict[str, Any]] = []
+        belows: list[str] = []
+        certs = []
+        for j, (source, part) in enumerate(zip(sources, self._parts(sample))):
+            kind = _kind(source)
+            _, calibrate, preds, scores = self._source_answers(ctx, run, source, part, requests, texts, row_ids,
+                                                               askable, outcomes)
+            for i in part:
+                if i in scores:
+                    shown[i] = scores[i]
+            usable = [i for i in calibrate if i in preds and i not in claimed]  # an oracle null: the proxy is wrong
+            region = [i for i in rest if i in preds and i not in claimed]
+            known = [i for i in region if texts[i] in sampled]
+            cert = certify_threshold([scores[i] for i in usable],
+                                     [preds[i] == outcomes[i].value for i in usable],  # type: ignore[union-attr]
+                                     accuracy=target.accuracy, confidence=confidence,
+                                     population=[scores[i] for i in usable + region],
+                                     known_scores=[scores[i] for i in known],
+                                     known_correct=[preds[i] == sampled[texts[i]] for i in known])
+            certs.append(cert)
+            t = cert.threshold
+            label = f"source {j + 1} of {k}, {kind}: " if k > 1 else ""
+            why = (f"{label}score >= threshold {t:.4g} certified for {kind} accuracy >= {target.accuracy:g} "
+                   f"at confidence {confidence:g}") if t is not None else None
+            answered = 0
+            for i in region:
+                if t is not None and scores[i] >= t and texts[i] not in sampled:
+                    proxied[i] = (preds[i], kind, scores[i], why)
+                    answered += 1
+                if i not in shown:
+                    shown[i] = scores[i]
+            if t is not None:  # later sources are certified on (and answer) what this one leaves
+                claimed.update(i for i in askable if i in preds and scores[i] >= t)
+            belows.append(f"{kind} score below threshold {t:.4g}" if t is not None
+                          else f"no {kind} threshold certified")
+            per_source.append({"source": kind, "proxy": self._source_name(source), "confidence": confidence,
+                               "calibration_rows": cert.calibration_rows, "threshold": t,
+                               "certified": cert.certified, "lower_bound": cert.lower_bound,
+                               "proxy_answers": answered, "summary": cert.describe()})
+        below = belows[0] if k == 1 else "; ".join(f"source {j + 1}: {b}" for j, b in enumerate(belows))
+        oracle_note = {i: f"{below}: asked the oracle" for i in rest if i not in proxied}
+        if k == 1:
+            cert = certs[0]
+            summary = cert.describe()
+            notes = {"calibration_rows": cert.calibration_rows, "threshold": cert.threshold,
+                     "certified": cert.certified, "lower_bound": cert.lower_bound}
+        else:
+            summary = "; ".join(f"source {j + 1} ({p['source']}): {p['summary']}" for j, p in enumerate(per_source))
+            bounds = [p["lower_bound"] for p in per_source if p["certified"]]
+            notes = {"calibration_rows": sum(p["calibration_rows"] for p in per_source),
+                     "threshold": per_source[0]["threshold"], "certified": bool(bounds),
+                     "lower_bound": min(bounds) if bounds else None}
+        notes["sources"] = per_source
+        return _Decision(proxied, oracle_note, shown, notes, summary)
+
+    def _certify_rows(self, ctx: RunContext, run: StepRun, requests: list[Any], texts: list[str | None],
+                      row_ids: list[Any] | None, askable: list[int], sample: list[int], rest: list[int],
+                      outcomes: list[Outcome | None], sampled: dict[str | None, Any]) -> _Decision:
+        """Precision and/or recall target of a filter (SUPG): thresholds of the proxy's YES score."""
+        node, target = self.node, self.node.approx
+        source = node.sources[0]
+        kind = _kind(source)
+        train, calibrate, preds, scores = self._source_answers(ctx, run, source, sample, requests, texts, row_ids,
+                                                               askable, outcomes, yes="YES")
+        positive = {i: outcomes[i].value == "YES" for i in sample}  # type: ignore[union-attr]
+        usable = [i for i in calibrate if i in scores]
+        calibrated = set(usable)
+        extra = sum(positive[i] for i in sample if i not in calibrated)  # training rows, unscored rows
+        region = [i for i in rest if i in scores]
+        known = [i for i in region if texts[i] in sampled]
+        both = target.precision is not None and target.recall is not None
+        confidence = 1.0 - (1.0 - target.confidence) / (2 if both else 1)
+        common = dict(population=[scores[i] for i in usable + region], known_scores=[scores[i] for i in known],
+                      known_positive=[sampled[texts[i]] == "YES" for i in known], extra_positives=extra)
+        cal_s, cal_p = [scores[i] for i in usable], [positive[i] for i in usable]
+        cert_p = cert_r = None
+        if target.precision is not None:
+            cert_p = certify_precision(cal_s, cal_p, precision=target.precision, confidence=confidence, **common)
+        if target.recall is not None:
+            cert_r = certify_recall(cal_s, cal_p, recall=target.recall, confidence=confidence, **common)
+        t_keep = None if cert_p is None else cert_p.threshold
+        t_drop = None if cert_r is None else cert_r.threshold
+        if not both:  # one target: one threshold, the proxy answers every row on either side of it
+            t_keep = t_drop = t_keep if cert_p is not None else t_drop
+        keep_why = (f"YES score >= {t_keep:.4g}: kept unchecked ({kind}; "
+                    + (f"precision >= {target.precision:g}" if cert_p is not None else f"recall >= {target.recall:g}")
+                    + f" certified at confidence {confidence:g})") if t_keep is not None else None
+        drop_why = (f"YES score < {t_drop:.4g}: dropped unchecked ({kind}; "
+                    + (f"recall >= {target.recall:g}" if cert_r is not None else f"precision >= {target.precision:g}")
+                    + f" certified at confidence {confidence:g})") if t_drop is not None else None
+        proxied: dict[int, tuple[str, str, float, str | None]] = {}
+        for i in region:
+            if texts[i] in sampled:
+                continue
+            if t_keep is not None and scores[i] >= t_keep:
+                proxied[i] = ("YES", kind, scores[i], keep_why)
+            elif t_drop is not None and scores[i] < t_drop:
+                proxied[i] = ("NO", kind, scores[i], drop_why)
+        if t_keep is None and t_drop is None:
+            band = f"no {kind} threshold certified: asked the oracle"
+        else:
+            lo = "" if t_drop is None else f"{t_drop:.4g} <= "
+            hi = "" if t_keep is None else f" < {t_keep:.4g}"
+            band = f"{kind} YES score {lo}s{hi}: asked the oracle"
+        oracle_note = {i: (band if i in scores else f"no {kind} score: asked the oracle")
+                       for i in rest if i not in proxied}
+        certs = [c for c in (cert_p, cert_r) if c is not None]
+        summary = "; ".join(c.describe() for c in certs)
+        certified = t_keep is not None or t_drop is not None
+        kept = sum(1 for v in proxied.values() if v[0] == "YES")
+        notes = {"calibration_rows": len(usable), "threshold": t_keep if t_keep is not None else t_drop,
+                 "certified": certified,
+                 "lower_bound": min((c.lower_bound for c in certs if c.certified), default=None),
+                 "precision_threshold": None if cert_p is None else cert_p.threshold,
+                 "precision_bound": None if cert_p is None else cert_p.lower_bound,
+                 "recall_threshold": None if cert_r is None else cert_r.threshold,
+                 "recall_bound": None if cert_r is None else cert_r.lower_bound,
+                 "kept_unchecked": kept, "dropped_unchecked": len(proxied) - kept,
+                 "sources": [{"source": kind, "proxy": self._source_name(source), "confidence": confidence}]}
+        return _Decision(proxied, oracle_note, dict(scores), notes, summary)
+
     def _resolve(self, ctx: RunContext, info: StepInfo, requests: list[Any], texts: list[str | None],
                  row_ids: list[Any] | None, rows: list[int]) -> list[Outcome]:
         if not rows:
@@ -199,9 +384,15 @@ class ApproxRowOp:
                                    None if row_ids is None else [row_ids[i] for i in rows])
         return got  # type: ignore[return-value]
 
+    def _source_name(self, source: Any) -> str:
+        if source in LEARNED:
+            return f"learned:{embedder_text(self.node.embedder)}"
+        return engine_label(source)
+
     def _learned(self, texts: list[str | None], askable: list[int], outcomes: list[Outcome | None],
-                 train: list[int]) -> tuple[dict[int, str], dict[int, float]]:
-        """Logistic regression on embeddings, trained on the oracle answers of ``train``."""
+                 train: list[int], yes: str | None = None) -> tuple[dict[int, str], dict[int, float]]:
+        """Logistic regression on embeddings, trained on the oracle answers of ``train``; the score
+        is the probability of the label chosen (or, with ``yes``, of that label)."""
         labelled = [i for i in train if outcomes[i].value is not None]  # type: ignore[union-attr]
         if not labelled:
             return {}, {}
@@ -213,7 +404,8 @@ class ApproxRowOp:
         y = [outcomes[i].value for i in labelled]  # type: ignore[union-attr]
         classes = sorted(set(y))
         if len(classes) == 1:  # one label seen: the proxy can only say that, with full confidence
-            return {i: classes[0] for i in askable}, {i: 1.0 for i in askable}
+            score = 1.0 if yes is None or classes[0] == yes else 0.0
+            return {i: classes[0] for i in askable}, {i: score for i in askable}
         from sklearn.linear_model import LogisticRegression
 
         # Weak regularization (C=10): C=100 certified more often on BBC headlines but made
@@ -223,8 +415,11 @@ class ApproxRowOp:
         proba = model.predict_proba(X)
         best = proba.argmax(axis=1)
         labels = model.classes_
-        return ({i: str(labels[best[j]]) for j, i in enumerate(askable)},
-                {i: float(proba[j, best[j]]) for j, i in enumerate(askable)})
+        preds = {i: str(labels[best[j]]) for j, i in enumerate(askable)}
+        if yes is not None:
+            col = list(labels).index(yes) if yes in labels else None
+            return preds, {i: 0.0 if col is None else float(proba[j, col]) for j, i in enumerate(askable)}
+        return preds, {i: float(proba[j, best[j]]) for j, i in enumerate(askable)}
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         embedder = self.node.embedder
@@ -238,27 +433,40 @@ class ApproxRowOp:
 
         return np.asarray(resolve_embedder(embedder).embed(texts), dtype=np.float32)
 
-    def _cascade(self, ctx: RunContext, run: StepRun, requests: list[Any], texts: list[str | None],
-                 row_ids: list[Any] | None, askable: list[int]) -> tuple[dict[int, str], dict[int, float]]:
-        """The cheaper engine's answers and label probabilities, through the resolver (cached)."""
-        engine = ctx.engine_for(self.node.proxy)
+    def _cascade(self, ctx: RunContext, run: StepRun, source: Any, requests: list[Any], texts: list[str | None],
+                 row_ids: list[Any] | None, askable: list[int], yes: str | None = None,
+                 ) -> tuple[dict[int, str], dict[int, float]]:
+        """The cheaper engine's answers and label probabilities, through the resolver (cached).
+
+        The score is the probability of the label chosen (with ``yes``: of that label); an answer
+        without probabilities gets no score (the proxy never answers that row)."""
+        engine = ctx.engine_for(source)
         proxy_metrics = StepMetrics(step=self.index, operator=self.node.operator, column=self.node.output_name)
         info = StepInfo(index=self.index, operator=self.node.operator, column=self.node.output_name,
                         metrics=proxy_metrics,
                         engine=engine, dedupe=self.dedupe, exact_cache=self.exact_cache, probabilities=True)
         got = self._resolve(ctx, info, requests, texts, row_ids, askable)
         proxy_metrics.add_all(got)
-        run.metrics.notes["cascade"] = {"model": getattr(engine, "model", "?"),
-                                        "engine_requests": proxy_metrics.engine_requests,
-                                        "reused": proxy_metrics.dedup_hits + proxy_metrics.exact_cache_hits,
-                                        "engine_seconds": proxy_metrics.engine_seconds}
+        mine = {"model": getattr(engine, "model", "?"), "engine_requests": proxy_metrics.engine_requests,
+                "reused": proxy_metrics.dedup_hits + proxy_metrics.exact_cache_hits,
+                "engine_seconds": proxy_metrics.engine_seconds}
+        before = run.metrics.notes.get("cascade")
+        if before is not None:  # a second cascade source: the notes add up
+            mine = {"model": f"{before['model']}, {mine['model']}",
+                    **{key: before[key] + mine[key] for key in ("engine_requests", "reused", "engine_seconds")}}
+        run.metrics.notes["cascade"] = mine
         preds: dict[int, str] = {}
         scores: dict[int, float] = {}
         for i, o in zip(askable, got):
             if o.value is None:
                 continue
+            probs = o.probabilities or {}
+            if yes is not None:
+                if yes in probs:
+                    preds[i], scores[i] = o.value, float(probs[yes])
+                continue  # no probability: no score, the oracle answers it
             preds[i] = o.value
-            p = (o.probabilities or {}).get(o.value)
+            p = probs.get(o.value)
             scores[i] = float(p) if p is not None else 0.0  # no probability: never trusted
         return preds, scores
 
@@ -268,17 +476,28 @@ class ApproxRowOp:
         target = self.node.approx
         text = super().describe()
         assert target is not None
-        return text[:-1] + f"; approx accuracy >= {target.accuracy:g} @ confidence {target.confidence:g}]"
+        return text[:-1] + f"; approx {target.goal_text()} @ confidence {target.confidence:g}]"
 
     def detail_lines(self) -> list[str]:
         target = self.node.approx
         assert target is not None
+        k = len(self.node.sources)
         sample = "a fifth of the rows (200-2,000)" if target.sample is None else f"{target.sample} rows"
+        if k > 1:
+            sample += f" per source, split in {k} parts, one per source"
+        over = ("over the rows the proxy answers" if target.kind == "accuracy"
+                else "over the rows kept, against the rows the oracle would keep")
+        split = f"; 1 - confidence split between {k} sources (Bonferroni)" if k > 1 else (
+            "; 1 - confidence split between the two targets (Bonferroni)" if target.kind == "precision+recall" else "")
+        saved = ("the rows outside the sample scoring above the certified threshold" if target.kind == "accuracy"
+                 else "the rows outside the sample whose YES score is past a certified threshold "
+                 "(kept or dropped unchecked)")
         return super().detail_lines() + [
-            f"approx target: {target.describe()}, over the rows the proxy answers",
-            f"calibration: oracle on {sample}, seed {target.seed}; threshold by fixed-sequence exact (hypergeometric) tests",
-            "expected oracle calls saved: the rows outside the sample scoring above the certified threshold "
-            "(up to rows - sample; 0 if nothing certifies); estimate() gives the range",
+            f"approx target: {target.describe()}, {over}",
+            f"calibration: oracle on {sample}, seed {target.seed}; threshold by fixed-sequence exact "
+            f"(hypergeometric) tests{split}",
+            f"expected oracle calls saved: {saved} (up to rows - sample; 0 if nothing certifies); "
+            "estimate() gives the range",
         ]
 
     def estimate(self, est: EstimateContext) -> EstState:
@@ -287,7 +506,7 @@ class ApproxRowOp:
         target = self.node.approx
         assert target is not None
         rows = step.calls_high
-        sample = min(rows, target.sample if target.sample is not None else default_sample_size(rows))
+        sample = self.sample_size(rows)
         # Best case: the proxy answers every row outside the sample; worst: nothing certifies.
         est.steps[-1] = dataclasses.replace(step, calls_low=min(step.calls_low, sample), rows_exact=False)
         return state

@@ -256,7 +256,7 @@ class JoinOp(SemanticOperator):
         start = time.perf_counter()
         s = _Sides(self.node, left, right)
         costs = self.costs(s)
-        chosen = self.choose(costs)
+        chosen = self._blocking_for_recall(costs) if self.node.approx is not None else self.choose(costs)
         self._explained = (chosen.algorithm, costs)
         metrics = run.metrics
         metrics.rows_in = left.height + right.height
@@ -264,6 +264,8 @@ class JoinOp(SemanticOperator):
                              all_pairs=left.height * right.height)
         algorithm = {"nested_loop": self._nested_loop, "blocking": self._blocking,
                      "classify": self._classify}[chosen.algorithm]
+        if self.node.approx is not None:
+            algorithm = self._blocking_recall
         metrics.seconds += time.perf_counter() - start
         stream = algorithm(ctx, run, s)
         while True:
@@ -389,6 +391,110 @@ class JoinOp(SemanticOperator):
                     "pairs outside the blocks answered YES, estimated recall %s", self.index, m, notes["pairs_asked"],
                     s.left.height * s.right.height, notes["audit_yes"], len(audit), notes["estimated_recall"])
 
+    def _blocking_for_recall(self, costs: list[AlgorithmCost]) -> AlgorithmCost:
+        """A recall target always runs blocking (widened until certified)."""
+        chosen = next(c for c in costs if c.algorithm == "blocking")
+        if not embeddings_available():
+            raise PlanError(f"semantic.join: a recall target needs embedding blocking, which is not possible "
+                            f"here ({chosen.why_not}); install an embedder or drop approx=")
+        return chosen
+
+    def _blocking_recall(self, ctx: RunContext, run: StepRun, s: _Sides) -> Iterator[tuple[Batch, int]]:
+        """Blocking with a certified recall (``approx=sf.Target(recall=...)``).
+
+        1. Rank every valid right row for each valid left row by embedding similarity.
+        2. Ask a simple random sample of the pairs outside the first blocks (each left row's
+           ``candidates`` most similar right rows): ``Target.sample`` pairs (default a fifth of
+           them, 200-2,000).
+        3. Widen the blocks along the fixed schedule ``m, 2m, 4m, ...`` (up to every right row),
+           asking the new pairs; after each widening, the sampled pairs still outside the blocks
+           are a simple random sample of the pairs outside, so the exact hypergeometric upper
+           bound of the matches among them bounds the matches lost. Stop at the first width whose
+           bound ``found / (found + lost_high)`` reaches the target; each test runs at
+           ``(1 - confidence) / tests`` (Bonferroni over the schedule), so the width stopped at
+           is certified with probability at least ``confidence``. At full width nothing is lost.
+        """
+        import numpy as np
+
+        from semframe.execution.calibration import default_sample_size, hypergeometric_upper
+        from semframe.execution.vectors import top_k
+
+        node, notes, target = self.node, run.metrics.notes, self.node.approx
+        lv, rv = s.valid("left"), s.valid("right")
+        nl = s.left.height
+        if not lv or not rv:
+            notes.update(recall_target=target.recall, recall_bound=1.0, certified=True, pairs_asked=0)
+            yield self._emit(s, 0, nl, _u32([]), _u32([])), nl
+            return
+        start, cpu = time.perf_counter(), time.process_time()
+        store = getattr(ctx.resolver.exact_cache, "store", None) if self.exact_cache else None
+        embedder = default_embedder()
+        ltexts, rtexts = s.texts("left"), s.texts("right")
+        queries = embedder.embed([ltexts[i] for i in lv], store)
+        corpus = embedder.embed([rtexts[i] for i in rv], store)
+        order, _ = top_k(queries, corpus, len(rv))  # every right row of each left row, most similar first
+        notes["embedding_seconds"] = time.perf_counter() - start
+        notes["embedding_cpu_seconds"] = time.process_time() - cpu
+        lva, rva = np.asarray(lv, dtype=np.int64), np.asarray(rv, dtype=np.int64)
+        width, first = len(rv), min(node.candidates, len(rv))
+        schedule = [first]
+        while schedule[-1] < width:
+            schedule.append(min(width, schedule[-1] * 2))
+        tests = max(1, len(schedule) - 1)  # the full width needs no test
+        level = 1.0 - (1.0 - target.confidence) / tests
+        outside = len(lv) * (width - first)
+        size = min(outside, target.sample if target.sample is not None else default_sample_size(outside))
+        picks = np.asarray(sorted(random.Random(target.seed).sample(range(outside), size)), dtype=np.int64) \
+            if size else np.zeros(0, dtype=np.int64)
+        span = max(1, width - first)
+        s_row, s_rank = picks // span, first + picks % span  # (left position, rank) of each sampled pair
+        s_yes = np.zeros(size, dtype=bool)
+        if size:
+            asked = self._ask_pairs(ctx, run, s, _u32(lva[s_row]), _u32(rva[order[s_row, s_rank]]),
+                                    note="recall sample: a random pair outside the first blocks")
+            s_yes = asked.to_numpy().astype(bool)
+        sampled = set((s_row * width + s_rank).tolist())
+        found_li: list[Any] = [lva[s_row[s_yes]]]
+        found_ri: list[Any] = [rva[order[s_row[s_yes], s_rank[s_yes]]]]
+        found, lo, tested = 0, 0, []
+        block = max(1, ctx.options.batch_size)
+        bound, chosen = 1.0, width
+        for m in schedule:
+            rows, ranks = np.divmod(np.arange(len(lv) * (m - lo), dtype=np.int64), m - lo)
+            ranks = ranks + lo
+            keep = np.fromiter(((r * width + k) not in sampled for r, k in zip(rows.tolist(), ranks.tolist())),
+                               dtype=bool, count=len(rows))
+            rows, ranks = rows[keep], ranks[keep]
+            for a in range(0, len(rows), block):
+                li, ri = lva[rows[a:a + block]], rva[order[rows[a:a + block], ranks[a:a + block]]]
+                yes = self._ask_pairs(ctx, run, s, _u32(li), _u32(ri)).to_numpy().astype(bool)
+                found += int(yes.sum())
+                found_li.append(li[yes])
+                found_ri.append(ri[yes])
+            lo = m
+            if m == width:
+                bound, chosen = 1.0, m
+                tested.append((m, 0, 0, 1.0, True))
+                break
+            out = s_rank >= m
+            n_out, yes_out = int(out.sum()), int(s_yes[out].sum())
+            lost_high = hypergeometric_upper(yes_out, n_out, len(lv) * (width - m), level) - yes_out
+            kept = found + int(s_yes.sum())
+            bound = 1.0 if kept + lost_high == 0 else kept / (kept + lost_high)
+            tested.append((m, n_out, yes_out, bound, bound >= target.recall))
+            if bound >= target.recall:
+                chosen = m
+                break
+        li_all = np.concatenate(found_li) if found_li else np.zeros(0, dtype=np.int64)
+        ri_all = np.concatenate(found_ri) if found_ri else np.zeros(0, dtype=np.int64)
+        notes.update(recall_target=target.recall, confidence=target.confidence, recall_bound=bound,
+                     candidates_final=chosen, certified=True, sample_pairs=size, sample_yes=int(s_yes.sum()),
+                     found_in_blocks=found, pairs_asked=run.metrics.engine_requests + run.metrics.dedup_hits
+                     + run.metrics.exact_cache_hits, outside_pairs=len(lv) * (width - chosen),
+                     tests=[{"candidates": m, "sampled_outside": n, "sampled_yes": y, "recall_bound": b,
+                             "certified": ok} for m, n, y, b, ok in tested])
+        yield self._emit(s, 0, nl, _u32(li_all.tolist()), _u32(ri_all.tolist())), nl
+
     @staticmethod
     def _audit_pairs(lv: list[int], rv: list[int], blocked: set[int], nr: int, n: int) -> list[tuple[int, int]]:
         """``n`` distinct random pairs of rows with texts, outside the blocks (fixed seed)."""
@@ -484,6 +590,17 @@ class JoinOp(SemanticOperator):
             calls_low = calls = chosen.calls
             exact, out = False, output_tokens(PAIR_SPEC, node.effective_max_tokens, est.count)
             prompt_tokens = request_prompt_tokens(self.pair_builder.build(node.template.source), est.engine)
+        if node.approx is not None:  # the blocks and the sample at least; every pair if widened to the end
+            from semframe.execution.calibration import default_sample_size
+
+            nl, nr = ((len(s.valid("left")), len(s.valid("right"))) if known
+                      else (round(ls.rows_high), round(rs.rows_high)))
+            m = min(node.candidates, nr)
+            outside = nl * (nr - m)
+            sample = min(outside, node.approx.sample if node.approx.sample is not None
+                         else default_sample_size(outside))
+            calls, exact = nl * nr, False
+            calls_low = min(calls, nl * m + sample)
         est.steps.append(StepEstimate(
             step=self.index, operator=node.operator, column=None,
             rows_low=round(ls.rows_low), rows_high=round(ls.rows_high), skipped=0,
@@ -491,7 +608,7 @@ class JoinOp(SemanticOperator):
             prompt_tokens_per_call=prompt_tokens, output_tokens_per_call=(out.low, out.typical, out.high),
         ))
         pairs_high = round(ls.rows_high * rs.rows_high)
-        if chosen.algorithm == "blocking":
+        if chosen.algorithm == "blocking" and node.approx is None:
             pairs_high = min(pairs_high, chosen.calls)
         low = ls.rows_low if node.how == "left" else 0
         high = max(pairs_high, round(ls.rows_high)) if node.how == "left" else pairs_high
@@ -563,7 +680,10 @@ class JoinOp(SemanticOperator):
         else:
             algo = "algorithm=auto (chosen when the inputs are read)"
         flags = [f"how={node.how}", algo]
-        if node.algorithm in ("auto", "blocking"):
+        if node.approx is not None:
+            flags.append(f"candidates={node.candidates}, approx recall >= {node.approx.recall:g} "
+                         f"@ confidence {node.approx.confidence:g}")
+        elif node.algorithm in ("auto", "blocking"):
             flags.append(f"candidates={node.candidates}, audit={node.audit}")
         flags.append(f"max_tokens={node.effective_max_tokens}")
         flags += self.planning_flags()

@@ -150,6 +150,14 @@ class SemJoin(SemanticNode):
         Pairs outside the blocks that blocking also asks about, to estimate its recall (0: none).
     instruction, max_tokens, temperature, cache, engine
         As for the row-wise verbs.
+    approx
+        ``sf.Target(recall=r, confidence=c)``: a certified recall instead of blocking's estimate.
+        The blocks (each left row's most similar right rows) are widened -- ``candidates``,
+        then twice, four times as many ... -- until an exact bound from a random sample of the
+        pairs outside the blocks (``Target.sample`` pairs; ``audit`` is then unused) certifies
+        that the pairs found hold at least ``r`` of all matching pairs, with probability ``c``
+        (see ``docs/approximation.md``). Pairs outside the final blocks are declared non-matches
+        without asking.
     """
 
     left: Node
@@ -164,6 +172,7 @@ class SemJoin(SemanticNode):
     temperature: float = 0.0
     cache: bool | None = None
     engine: Any = None
+    approx: Any = None
 
     operator: ClassVar[str] = "join"
     rows: ClassVar[str] = "other"
@@ -200,11 +209,28 @@ class SemJoin(SemanticNode):
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
                 or not 0.0 <= self.temperature <= 2.0:
             raise PlanError(f"{where}: temperature must be a number between 0 and 2, got {self.temperature!r}")
+        if self.approx is not None:
+            self._check_approx(where)
         if self.algorithm == "classify":
             known = in_memory_rows(self.right)
             if known is not None and known > CLASSIFY_MAX_ITEMS:
                 raise PlanError(classify_too_large(known))
         super().__post_init__()
+
+    def _check_approx(self, where: str) -> None:
+        from semframe.plan.approx import Target
+
+        if not isinstance(self.approx, Target):
+            raise PlanError(f"{where}: approx must be sf.Target(recall=..., confidence=...), "
+                            f"got {type(self.approx).__name__}")
+        if self.approx.kind != "recall":
+            raise PlanError(f"{where}: a join takes a recall target only, sf.Target(recall=..., confidence=...) "
+                            f"(every pair it keeps is asked, so its precision is the model's), got {self.approx.kind}")
+        if self.algorithm not in ("auto", "blocking"):
+            raise PlanError(f"{where}: a recall target runs embedding blocking; algorithm={self.algorithm!r} "
+                            "contradicts it (leave algorithm='auto' or pass 'blocking')")
+        if self.temperature:
+            raise PlanError(f"{where}: approx= needs temperature=0 (the model's answers must be reproducible)")
 
     # ------------------------------------------------------------------ schema
 
@@ -268,7 +294,10 @@ class SemJoin(SemanticNode):
 
     def describe(self) -> str:
         flags = [f"how={self.how}", f"algorithm={self.algorithm}"]
-        if self.algorithm in ("auto", "blocking"):
+        if self.approx is not None:
+            flags.append(f"candidates={self.candidates}, approx recall >= {self.approx.recall:g} "
+                         f"@ confidence {self.approx.confidence:g}")
+        elif self.algorithm in ("auto", "blocking"):
             flags.append(f"candidates={self.candidates}, audit={self.audit}")
         flags += option_flags(self)
         return f"SEMANTIC JOIN [{', '.join(flags)}]"
@@ -277,4 +306,7 @@ class SemJoin(SemanticNode):
         lines = [f"template: {self.template.source!r}"]
         if self.instruction:
             lines.append(f"instruction: {self.instruction!r}")
+        if self.approx is not None:
+            lines.append(f"approx target: {self.approx.describe()}, over the matching pairs; blocks widened "
+                         "(candidates x 1, 2, 4 ...) until an exact bound from sampled pairs outside them certifies it")
         return lines

@@ -64,6 +64,7 @@ from semframe.plan.nodes import (
     WithColumns,
     thaw,
 )
+from semframe.plan.approx import CalibratedThreshold, SemApproxClassify, SemApproxFilter, Target
 from semframe.plan.semantic import SemanticNode, SemanticStep, SemClassify, SemExtract, SemFilter, SemMap
 from semframe.plan.spec import ChoiceSpec, FieldType, JsonSpec, OutputSpec, TextSpec
 from semframe.plan.template import Template
@@ -78,8 +79,13 @@ DEFAULT_EMBED_LIMIT = 1 << 20
 _SEMANTIC = {f"semantic.{cls.operator}": cls for cls in (SemClassify, SemFilter, SemExtract, SemMap)}
 _RELATIONAL = {"filter": Filter, "select": Select, "with_columns": WithColumns, "head": Head, "sort": Sort,
                "drop": Drop, "rename": Rename}
+#: Approximate row-wise steps are saved as their exact verb plus an ``approx`` object (and
+#: ``proxy`` / ``embedder``); loading picks the approximate node when ``approx`` is there.
+_APPROX = {"semantic.classify": SemApproxClassify, "semantic.filter": SemApproxFilter}
+#: Fields of an approximate step beyond its exact verb's.
+_APPROX_FIELDS = ("approx", "proxy", "embedder")
 _OP_OF = {**{cls: op for op, cls in _RELATIONAL.items()}, Scan: "scan", PolarsCall: "polars",
-          **{cls: op for op, cls in _SEMANTIC.items()}}
+          **{cls: op for op, cls in _SEMANTIC.items()}, **{cls: op for op, cls in _APPROX.items()}}
 #: Semantic operators beyond the row-wise verbs ("semantic.join" -> SemJoin ...), saved field by
 #: field; filled on first use from every SemanticNode subclass (see :func:`_operators`).
 _GENERIC: dict[str, type] = {}
@@ -208,6 +214,11 @@ class _Writer:
                 raise PlanError(f"{where}: the step has an engine object ({type(value).__name__}); a plan file names "
                                 "engines instead: register it with sf.configure(engines={'name': engine}) and "
                                 "give the step engine='name'")
+            elif f.name in _APPROX_FIELDS:
+                if f.name == "approx" or value is not None:
+                    out[f.name] = _approx_json(f.name, value, where)
+            elif f.name == "semantic_cache" and isinstance(value, CalibratedThreshold):
+                out[f.name] = {"calibrated": value.target.to_dict()}  # not the float it poses as
             else:
                 out[f.name] = _plain(value, f"{where}: option {f.name}")
         return out
@@ -232,6 +243,8 @@ class _Writer:
             return {"expr": expr_to_json(value, where)}
         if isinstance(value, tuple):
             return {"tuple": [self.operand(v, where) for v in value]}
+        if isinstance(value, Target):
+            return {"target": value.to_dict()}
         if name in ("engine", "embedder") and value is not None and not isinstance(value, str):
             raise PlanError(f"{where}: the step has an {name} object ({type(value).__name__}); a plan file names "
                             f"engines instead: register it with sf.configure(engines={{'name': ...}}) and give the "
@@ -298,6 +311,28 @@ class _Writer:
             raise PlanError(f"{where} passes a Python function ({getattr(value, '__name__', value)!r}); a plan file "
                             "holds no code")
         raise PlanError(f"{where}: an argument of type {type(value).__name__} ({value!r}) cannot be saved")
+
+
+def _approx_json(name: str, value: Any, where: str) -> Any:
+    """An approximate step's target, proxy sources or embedder as plain data; objects refused."""
+    if name == "approx":
+        return value.to_dict()
+    if name == "embedder":
+        model = getattr(value, "model", None)
+        if getattr(type(value), "name", None) == "sentence-transformers" and isinstance(model, str):
+            return model  # a sentence-transformers embedder is its model name (loaded again by name)
+        if not isinstance(value, str):
+            raise PlanError(f"{where}: the learned proxy uses an embedder object ({type(value).__name__}); a plan "
+                            "file names embedders instead: use proxy=sf.SentenceTransformerEmbedder('model name "
+                            "or folder') (saved as its name), or proxy='learned' for the configured default embedder")
+        return value
+    sources = list(value) if isinstance(value, tuple) else [value]
+    for source in sources:
+        if source is not None and not isinstance(source, str):
+            raise PlanError(f"{where}: the proxy is an engine object ({type(source).__name__}); a plan file names "
+                            "engines instead: register it with sf.configure(engines={'small': engine}) and give "
+                            "proxy='small' (the learned proxy is proxy='learned')")
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _needs_parts(template: Template) -> bool:
@@ -559,6 +594,10 @@ class _Reader:
 
     def semantic(self, op: str, value: dict[str, Any], where: str) -> Node:
         cls = _SEMANTIC[op]
+        if isinstance(value, dict) and "approx" in value:
+            if op not in _APPROX:
+                raise PlanError(f"deserialize: {where}: only classify and filter steps can be approximate")
+            cls = _APPROX[op]
         names = [f.name for f in dataclasses.fields(cls) if f.init and f.name != "child"]
         obj = self._obj(value, where, ("op", "input", "template", "spec"), (*names, "template_parts"))
         child = self.node(obj["input"], f"{where} input")
@@ -571,9 +610,21 @@ class _Reader:
                 kwargs[name] = _template_from(raw, obj.get("template_parts"), where)
             elif name == "spec":
                 kwargs[name] = self.spec(raw, where)
+            elif name == "approx":
+                kwargs[name] = self.target(raw, where)
+            elif name == "semantic_cache" and isinstance(raw, dict):
+                obj2 = self._obj(raw, f"{where} semantic_cache", ("calibrated",), ("calibrated",))
+                kwargs[name] = CalibratedThreshold(self.target(obj2["calibrated"], f"{where} semantic_cache"))
+            elif name == "proxy" and isinstance(raw, list):
+                kwargs[name] = tuple(self._scalar(v, f"{where} proxy") for v in raw)
             else:
                 kwargs[name] = self._scalar(raw, f"{where} {name}")
         return cls(child=child, **kwargs)
+
+    def target(self, value: Any, where: str) -> Target:
+        names = tuple(f.name for f in dataclasses.fields(Target))
+        obj = self._obj(value, f"{where} approx", (), names)
+        return Target(**{k: self._scalar(v, f"{where} approx {k}") for k, v in obj.items()})
 
     def operator(self, op: str, value: dict[str, Any], where: str) -> Node:
         cls = _operators()[op]
@@ -597,6 +648,8 @@ class _Reader:
                 return self.expr(value["expr"], where)
             if set(value) == {"tuple"} and isinstance(value["tuple"], list):
                 return tuple(self.operand(v, where) for v in value["tuple"])
+            if set(value) == {"target"}:
+                return self.target(value["target"], where)
             raise PlanError(f"deserialize: {where}: unexpected object with keys {sorted(value)}")
         if isinstance(value, list):
             return tuple(self.operand(v, where) for v in value)
