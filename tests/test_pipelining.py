@@ -103,20 +103,77 @@ def test_a_budget_counts_the_batches_in_flight():
     assert 0 < engine.requests_seen < 40
 
 
-def test_a_batch_in_flight_is_kept_when_the_consumer_stops():
-    df = _frame(12)
+def _two_steps(df: pl.DataFrame) -> sf.SemLazyFrame:
+    return (df.lazy().semantic.classify("t", ["YES", "NO"], name="c1", instruction="first?")
+              .semantic.classify("t", ["YES", "NO"], name="c2", instruction="second?"))
 
-    def fail_in_the_second_batch(value: str) -> str:
-        if value == "title 4":
-            raise RuntimeError("downstream failure")
-        return value
 
-    # Elementwise, so it runs batch by batch above the step: batch 2 fails while batch 3 is in flight.
-    plan = _plan(df).with_columns(pl.col("t").map_elements(fail_in_the_second_batch, return_dtype=pl.String))
-    engine = PipelinedEngine()
-    with pytest.raises(Exception, match="downstream failure"):
-        plan.collect(engine=engine, batch_size=4)
-    assert engine.requests_seen == 12  # batch 3 was in flight when batch 2 failed downstream
+@pytest.mark.parametrize("engine_type", [sf.DeterministicEngine, PipelinedEngine])
+def test_a_batch_in_flight_when_the_run_stops_is_cached_and_billed(engine_type):
+    # Step 2's first batch is refused by the budget while step 1's second batch is in flight
+    # (pipelined): that batch was answered, so it must reach the cache and the spent tokens.
+    engine = engine_type()
+    with pytest.raises(sf.BudgetExceeded) as err:
+        _two_steps(_frame(12)).run(engine=engine, batch_size=4, max_tokens=200)
+    billed = engine.usage.prompt_tokens + engine.usage.output_tokens
+    assert err.value.spent_tokens == billed <= 200  # the error says what the run spent in all
+    step1 = sum(1 for b in engine.batches for r in b if "first?" in r.messages[0].content)
     again = sf.DeterministicEngine()
-    _plan(df).collect(engine=again, batch_size=4)
-    assert again.requests_seen == 0  # all three batches' answers reached the exact cache
+    _frame(12).lazy().semantic.classify("t", ["YES", "NO"], name="c1", instruction="first?").collect(
+        engine=again, batch_size=4)
+    assert again.requests_seen == 12 - step1  # every answer step 1 got is in the exact cache
+
+
+@pytest.mark.parametrize("engine_type", [sf.DeterministicEngine, PipelinedEngine])
+def test_an_input_failure_keeps_the_batches_answered_before_it(engine_type):
+    values = [str(i) for i in range(12)]
+    values[9] = "x"  # the third batch of four cannot be cast
+    plan = (pl.DataFrame({"t": values}).lazy().semantic.classify("t", ["YES", "NO"], name="c1")
+            .with_columns(n=pl.col("t").cast(pl.Int64, strict=True))
+            .semantic.classify("t", ["YES", "NO"], name="c2", instruction="again"))
+    with pytest.raises(Exception) as err:
+        plan.run(engine=engine_type(), batch_size=4, cache=False)
+    result = getattr(err.value, "result", None) or sf.last_run()
+    # the two batches before the failure made it through both steps, as one batch at a time
+    assert result.df.height == 8
+    assert result.lineage.filter(pl.col("step") == 1).height == 8
+
+
+def test_a_budget_holds_when_a_repeat_is_asked_again_out_of_order(monkeypatch):
+    # A repeat waiting for an answer in flight that is gone from a one-entry memo is asked on its
+    # own; its spending must free its own reservation, not the batch still in flight.
+    from semframe import config
+
+    monkeypatch.setattr(config.settings, "memo_size", 1, raising=False)
+    texts = ["aa00", "aa01", "aa02", "aa03", "aa00", "bb01", "bb02", "bb03", "cc00", "cc01", "cc02", "cc03",
+             "dd00", "dd01", "dd02", "dd03", "ee00", "ee01", "ee02", "ee03"]
+
+    def plan(frame: pl.DataFrame) -> sf.SemLazyFrame:
+        return frame.lazy().semantic.map("t", instruction="Repeat.", name="m", max_tokens=8)
+
+    answer = lambda r: "abcd" * 8  # noqa: E731 - every answer at max_tokens: the worst case is billed
+    probe = plan(pl.DataFrame({"t": texts[:1]})).run(engine=sf.DeterministicEngine(responder=answer), cache=False)
+    limit = 14 * int(probe.metrics["prompt_tokens"][0] + probe.metrics["output_tokens"][0])
+    engine = PipelinedEngine(responder=answer)
+    try:
+        plan(pl.DataFrame({"t": texts})).run(engine=engine, batch_size=4, cache=False, max_tokens=limit)
+    except sf.BudgetExceeded:
+        pass
+    assert engine.usage.prompt_tokens + engine.usage.output_tokens <= limit
+
+
+def test_a_repeat_in_flight_without_probabilities_is_asked_again_as_one_batch_at_a_time():
+    class NoProbabilities(sf.DeterministicEngine):
+        def _probabilities(self, request, text):
+            return None
+
+    class PipelinedNoProbabilities(NoProbabilities):
+        pipelined = True
+
+    df = pl.DataFrame({"t": ["a", "b", "a", "b", "a", "b"]})
+    seen = {}
+    for name, engine in (("plain", NoProbabilities()), ("pipelined", PipelinedNoProbabilities())):
+        run = df.lazy().semantic.classify("t", ["YES", "NO"], name="c", probabilities=True).run(
+            engine=engine, batch_size=2, cache=False)
+        seen[name] = (engine.requests_seen, run.lineage.sort("row_id")["source"].to_list())
+    assert seen["plain"] == seen["pipelined"]

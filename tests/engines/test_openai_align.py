@@ -15,7 +15,8 @@ import semframe as sf
 from semframe.engines.base import Message, Request
 from semframe.plan.spec import ChoiceSpec
 
-pytestmark = pytest.mark.vllm
+from .fake_vllm import FakeVLLM, render
+
 
 SYSTEM = "Read the title of a wikipedia article below. Is the title related to the history of Europe?"
 TITLES = ["Battle of Waterloo", "Banana bread", "Treaty of Versailles", "A quiet pond"]
@@ -25,6 +26,7 @@ def _requests() -> list[Request]:
     return [Request((Message("system", SYSTEM), Message("user", t)), ChoiceSpec(("YES", "NO")), 4) for t in TITLES]
 
 
+@pytest.mark.vllm
 def test_prompts_are_padded_to_the_servers_blocks_as_in_process(vllm_server, tiny_vllm_engine):
     url, _ = vllm_server
     reset = sf.OpenAIEngine(url, "tiny")
@@ -61,3 +63,45 @@ def test_servers_without_block_sizes_get_prompts_as_built(fake_openai_server):
     assert sent == SYSTEM  # nothing appended
     with pytest.raises(sf.EngineError, match="align_prefix"):
         sf.OpenAIEngine(fake_openai_server.url, align_prefix="yes")  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def fake_vllm():
+    server = FakeVLLM(block=16)
+    yield server
+    server.close()
+
+
+def _fake_engine(server: FakeVLLM) -> sf.OpenAIEngine:
+    return sf.OpenAIEngine(server.url, "tiny", structured="vllm", label_decoding="grammar", max_concurrency=4)
+
+
+def test_the_row_starts_on_a_block_boundary(fake_vllm):
+    with _fake_engine(fake_vllm) as engine:
+        assert engine.prefix_block == 16
+        (done,) = engine.generate(_requests()[:1])
+    sent = fake_vllm.bodies[-1]["messages"]
+    head = render([*sent[:-1], {"role": sent[-1]["role"], "content": ""}])[:-2]  # up to the row's content
+    assert sent[0]["content"].startswith(SYSTEM) and sent[0]["content"].endswith(" .")
+    assert len(head) % 16 == 0 and done.prompt_tokens == len(render(sent))
+
+
+def test_one_request_is_sent_the_same_way_in_every_batch(fake_vllm):
+    # More distinct instructions than the engine aligns: those past the limit always go as built.
+    requests = [Request((Message("system", f"Instruction number {i}."), Message("user", "row")),
+                        ChoiceSpec(("YES", "NO")), 4) for i in range(80)]
+    with _fake_engine(fake_vllm) as engine:
+        engine.generate(requests)
+        first = sorted(b["messages"][0]["content"] for b in fake_vllm.bodies[-80:])
+        engine.generate(requests)
+        second = sorted(b["messages"][0]["content"] for b in fake_vllm.bodies[-80:])
+    assert first == second
+    assert sum(c.endswith(" .") for c in first) == 64  # openai._MAX_ALIGNED_PREFIXES
+
+
+def test_a_passing_metrics_error_does_not_change_the_fingerprint(fake_vllm):
+    with _fake_engine(fake_vllm) as engine:
+        before = engine.fingerprint()
+    fake_vllm.metrics_fail = 1  # the server answers /metrics 503 once (e.g. warming up)
+    with _fake_engine(fake_vllm) as engine:
+        assert engine.fingerprint() == before and engine.prefix_block == 16

@@ -75,8 +75,8 @@ class Budget:
     #: USD spent on engines billed by the token (their seconds are not in ``spent_seconds``).
     spent_token_usd: float = 0.0
     #: Worst cases (tokens, token USD, engine seconds) of the batches sent and not yet counted,
-    #: by step (each step's batches are counted in the order they were sent).
-    reserved: dict[Any, list[tuple[int, float, float]]] = field(default_factory=dict)
+    #: by batch (the key the resolver hands back when it counts the batch).
+    reserved: dict[Any, tuple[int, float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 0):
@@ -96,10 +96,10 @@ class Budget:
               reserve: Any = None) -> None:
         """Raise :class:`BudgetExceeded` if sending ``requests`` (to ``engine``, default the
         run's) could take the run past a limit, counting the batches still in flight at their
-        worst case. ``reserve`` (a step's key): the batch is sent, so hold its worst case under that
+        worst case. ``reserve`` (a key for the batch): it is sent, so hold its worst case under that
         key until :meth:`spend` counts it."""
         engine = self.engine if engine is None else engine
-        held = [r for rs in self.reserved.values() for r in rs]
+        held = list(self.reserved.values())
         held_tokens = sum(r[0] for r in held)
         held_usd = sum(r[1] for r in held)
         held_seconds = sum(r[2] for r in held)
@@ -149,17 +149,16 @@ class Budget:
                 )
 
         if reserve is not None:
-            self.reserved.setdefault(reserve, []).append((prompt + output, cost, seconds))
+            self.reserved[reserve] = (prompt + output, cost, seconds)
 
     def _machine_cost(self, seconds: float) -> float:
         return self.machine.cost(seconds) if (self.machine is not None and seconds) else 0.0
 
     def spend(self, completions: Sequence[Completion], engine: Any = None, *, reserved: Any = None) -> None:
         """Count what an engine batch (of ``engine``, default the run's) actually used, and free
-        the oldest reservation held under ``reserved`` (the step's key)."""
+        the reservation held under ``reserved``."""
         engine = self.engine if engine is None else engine
-        if self.reserved.get(reserved):
-            self.reserved[reserved].pop(0)
+        self.reserved.pop(reserved, None)
         pricing = engine.pricing if isinstance(engine, Engine) else None
         for c in completions:
             self.spent_tokens += c.prompt_tokens + c.output_tokens
@@ -174,11 +173,16 @@ class Budget:
     # The answer resolver's observer interface: it calls these around every engine batch.
 
     def before_engine_batch(self, step: Any, requests: Sequence[Request]) -> None:
-        self.check(requests, f"engine batch {step.metrics.engine_batches + 1} of {step.where}",
-                   getattr(step, "engine", None), reserve=step.index)
+        number = step.metrics.engine_batches + self._in_flight(step) + 1
+        self.check(requests, f"engine batch {number} of {step.where}", getattr(step, "engine", None),
+                   reserve=(step.index, id(requests)))
 
-    def after_engine_batch(self, step: Any, completions: Sequence[Completion]) -> None:
-        self.spend(completions, getattr(step, "engine", None), reserved=step.index)
+    def after_engine_batch(self, step: Any, completions: Sequence[Completion],
+                           requests: Sequence[Request] | None = None) -> None:
+        self.spend(completions, getattr(step, "engine", None), reserved=(step.index, id(requests)))
+
+    def _in_flight(self, step: Any) -> int:
+        return sum(1 for key in self.reserved if isinstance(key, tuple) and key[0] == step.index)
 
     def _predict_seconds(self, n: int, prompt: int, output: int) -> float:
         if self.spent_requests:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -236,6 +237,10 @@ def finish(request: Request, raw: RawCompletion, latency_s: float) -> Completion
     return Completion(text, value, raw.finish_reason, p, c, o, latency_s, probabilities=raw.probabilities, **extra)
 
 
+#: Guards every engine's ``usage`` totals (updated once per batch: one lock is plenty).
+_USAGE_LOCK = threading.Lock()
+
+
 class Engine(ABC):
     """Base class of engines.
 
@@ -305,6 +310,11 @@ class Engine(ABC):
         # A batch is answered together; each request is charged an equal share of its time.
         share = elapsed / len(requests)
         done = [finish(req, raw, share) for req, raw in zip(requests, raws)]
+        with _USAGE_LOCK:  # a pipelined engine may be answering on two threads at once
+            self._count(done, elapsed)
+        return done
+
+    def _count(self, done: Sequence[Completion], elapsed: float) -> None:
         u = self.usage
         u.calls += 1
         u.requests += len(done)
@@ -315,7 +325,6 @@ class Engine(ABC):
             u.output_tokens += c.output_tokens
             u.errors += c.error is not None
             u.attempts += c.attempts
-        return done
 
     def count_tokens(self, text: str) -> int:
         """Tokens in ``text`` by this engine's tokenizer; the base guess is ~4 characters a token."""

@@ -75,8 +75,10 @@ _FIRST_PROMPT_RATIO = 2.0
 _TOP_LOGPROBS = 20
 #: The text whose token pads a shared prefix to a block boundary (``align_prefix``).
 _PAD_TEXT = " ."
-#: Distinct shared prefixes whose pad is worked out per batch (3 ``/tokenize`` calls each).
-_NEW_PREFIXES_PER_BATCH = 16
+#: Distinct shared prefixes an engine aligns (3-4 ``/tokenize`` calls each, once); prompts with
+#: prefixes past that go as built, always (one request is never sent two ways). Plans share one
+#: instruction per step: only prompts whose first message differs by row get that many.
+_MAX_ALIGNED_PREFIXES = 64
 #: Two last-message contents that share no first token: where their renderings part is where the
 #: row's own tokens begin. (Not private-use characters: their byte tokens share a first byte.)
 _PROBES = ("A", "Z")
@@ -348,7 +350,6 @@ class OpenAIEngine(ConcurrentEngine):
         block = self.prefix_block
         if not block:
             return
-        new = 0
         for request in requests:
             messages = request.messages
             if len(messages) < 2:
@@ -356,9 +357,9 @@ class OpenAIEngine(ConcurrentEngine):
             key = self._prefix_key(messages)
             if key in self._pads:
                 continue
-            if new >= _NEW_PREFIXES_PER_BATCH:
-                return  # the rest go as built this batch; later batches work theirs out
-            new += 1
+            if len(self._pads) >= _MAX_ALIGNED_PREFIXES:
+                self._pads[key] = 0  # as built, now and later
+                continue
             try:
                 self._pads[key] = self._pad_for(messages, block)
             except _NoTokenizer as exc:
@@ -808,14 +809,20 @@ class _HTTPTokenizer:
     def prefix_block(self) -> int | None:
         """The server's prefix-cache block size from vLLM's ``/metrics`` (``cache_config_info``),
         or None where prefix caching is off or the server does not say."""
-        try:
-            resp = self._engine.run_async(self._aget, "metrics")
-        except Exception as exc:  # noqa: BLE001 - any failure means: do not align
-            logger.debug("GET /metrics failed: %s", type(exc).__name__)
-            return None
-        if resp.status_code != 200:
-            return None
-        return _prefix_block_of(resp.text)
+        for attempt in range(3):  # a passing failure must not change the fingerprint for good
+            try:
+                resp = self._engine.run_async(self._aget, "metrics")
+            except Exception as exc:  # noqa: BLE001 - retried, then: do not align
+                logger.debug("GET /metrics failed: %s", type(exc).__name__)
+            else:
+                if resp.status_code == 200:
+                    return _prefix_block_of(resp.text)
+                if resp.status_code < 500 and resp.status_code not in _RETRY_STATUSES:
+                    return None  # no such endpoint: not a vLLM server that says
+            time.sleep(0.2 * 2 ** attempt)
+        logger.warning("%s: GET /metrics failed 3 times: prompts are not aligned to prefix-cache blocks",
+                       self._engine.base_url)
+        return None
 
     async def _aget(self, endpoint: str) -> Any:
         return await self._engine._http().get(f"{self._root}/{endpoint}", timeout=min(30.0, self._engine.timeout_s))

@@ -104,6 +104,8 @@ class RunContext:
     metrics: list[StepMetrics] = field(default_factory=list)
     #: The machine price the run is charged at (read once, when it starts).
     machine: Any = None
+    #: The run's budget (:class:`~semframe.accounting.budget.Budget`), if it has limits.
+    budget: Any = None
 
     @property
     def model(self) -> str:

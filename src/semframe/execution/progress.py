@@ -199,7 +199,7 @@ class Progress:
         self.current = step
         self._refresh()
 
-    def after_engine_batch(self, step: Any, completions: Iterable[Any]) -> None:
+    def after_engine_batch(self, step: Any, completions: Iterable[Any], requests: Any = None) -> None:
         """The answer resolver's observer hook: an engine batch of ``step`` (a StepInfo) finished."""
         s = self._step(step.index, getattr(step, "operator", "step"), getattr(step, "column", None))
         if s.metrics is None:

@@ -87,7 +87,10 @@ class Observer(Protocol):
 
     def before_engine_batch(self, step: StepInfo, requests: Sequence[Request]) -> None: ...
 
-    def after_engine_batch(self, step: StepInfo, completions: Sequence[Completion]) -> None: ...
+    def after_engine_batch(self, step: StepInfo, completions: Sequence[Completion],
+                           requests: Sequence[Request]) -> None:
+        """``requests`` is the very list ``before_engine_batch`` saw (batches in flight may be
+        counted out of order: a budget matches its reservation by it)."""
 
 
 class AnswerResolver:
@@ -143,6 +146,7 @@ class AnswerResolver:
         # Requests in flight on a background thread, by memo (engine) and key: their batch.
         self._inflight: dict[str, dict[str, PendingAnswers]] = {}
         self._pools: dict[int, Any] = {}  # one sending thread per engine
+        self._outstanding: list[PendingAnswers] = []  # sent in the background, not taken yet
 
     def engine_of(self, step: StepInfo) -> Engine:
         """The engine that answers ``step``: its own, else the run's."""
@@ -206,6 +210,7 @@ class AnswerResolver:
             counts = _Counts()
             future = self._pool(engine).submit(self._generate, step, batch, counts)
             handle._send(order, pending, keyed, batch, future, counts)
+            self._outstanding.append(handle)
             if step.dedupe:
                 inflight = self._inflight.setdefault(self._memo_name(step), {})
                 for gk in order:
@@ -299,11 +304,30 @@ class AnswerResolver:
         for gk, comp in zip(handle._order, completions):
             self._fan_out(step, comp, "engine", handle._keyed[gk].key, handle._pending[gk], handle.ids, handle.outcomes)
 
-    def close(self) -> None:
-        """Stop the sending threads (after the run; nothing is in flight by then)."""
+    def settle(self) -> int:
+        """Take every batch sent in the background whose answers no operator took (the run
+        stopped above it): its answers reach the exact cache and the memo, and its tokens the
+        budget -- finished work is never lost -- though not the result or lineage, which hold
+        the rows passed on. Returns how many were settled."""
+        left, self._outstanding = self._outstanding, []
+        settled = 0
+        for handle in left:
+            if handle._done:
+                continue
+            try:
+                handle.result()
+                settled += 1
+            except Exception:  # noqa: BLE001 - the run is ending for another reason already
+                logger.debug("a batch in flight failed while the run stopped", exc_info=True)
+        return settled
+
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the sending threads. After a finished run nothing is in flight; after an
+        interrupted one (``wait=False``) batches not yet started are cancelled and the one being
+        sent is not waited for."""
         pools, self._pools = self._pools, {}
         for pool in pools.values():
-            pool.shutdown(wait=True)
+            pool.shutdown(wait=wait, cancel_futures=not wait)
 
     def _resolve_semantic(self, step: StepInfo, order: list[str], pending: dict[str, list[int]],
                           keyed: dict[str, Request], texts: Sequence[str | None], ids: Sequence[int | None],
@@ -426,13 +450,20 @@ class AnswerResolver:
             own, theirs = answers[distinct[p]], answers[distinct[neighbour[p][1]]]
             return own.ok and own.value == theirs.value
 
+        sampled = set(sample)
+        # The bound is about this batch's candidates (hypergeometric: the sample is drawn from
+        # them without replacement), less the sampled ones and those answered some other way:
+        # so it holds for exactly the rows reused below.
+        known = [p for p in candidates if p not in sampled and distinct[p] in answers]
         cert = certify_threshold([neighbour[p][0] for p in sample], [agrees(p) for p in sample],
                                  accuracy=target.accuracy, confidence=target.confidence,
                                  thresholds=[t for t in THRESHOLDS if t >= CALIBRATION_FLOOR],
-                                 min_rows=min_rows_to_certify(target.accuracy, target.confidence))
+                                 min_rows=min_rows_to_certify(target.accuracy, target.confidence),
+                                 population=[neighbour[p][0] for p in candidates],
+                                 known_scores=[neighbour[p][0] for p in known],
+                                 known_correct=[agrees(p) for p in known])
         cache.threshold = cert.threshold
         # The batch's other candidates at or above the threshold reuse their nearest pool answer.
-        sampled = set(sample)
         reuse = [] if cert.threshold is None else [
             p for p in candidates if p not in sampled and neighbour[p][0] >= cert.threshold and distinct[p] in groups
             and distinct[p] not in answers]
@@ -556,7 +587,7 @@ class AnswerResolver:
             self.exact_cache.put_many(self.fingerprint_of(step),
                                       [(k, r, c) for k, r, c in zip(cache_keys, batch, completions) if c.ok])
         for after in self._after:
-            after(step, completions)
+            after(step, completions, batch)
 
     def _generate(self, step: StepInfo, batch: list[Request], counts: _Counts) -> list[Completion]:
         """One engine batch under the failure policy (see the module docstring). Retries and
@@ -568,7 +599,8 @@ class AnswerResolver:
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(max(1, self.attempts)),
             wait=tenacity.wait_exponential_jitter(multiplier=self.backoff_s, max=2.0, jitter=self.backoff_s),
-            retry=tenacity.retry_if_not_exception_type(SemframeError),  # our own errors are not transient
+            # Our own errors are not transient, and an interrupt (KeyboardInterrupt) is not an error.
+            retry=tenacity.retry_if_exception(lambda e: isinstance(e, Exception) and not isinstance(e, SemframeError)),
             before_sleep=lambda _: counts.add_retry(),
             reraise=True,
         )
@@ -677,6 +709,8 @@ class PendingAnswers:
         self._done = True
         resolver, step = self.resolver, self.step
         if self._future is not None:
+            if self in resolver._outstanding:
+                resolver._outstanding.remove(self)
             resolver._finish_sent(self)
         if self._waits:
             memo = resolver._memo_of(step)
@@ -684,10 +718,10 @@ class PendingAnswers:
             for owner, key, request, row in self._waits:
                 owner.result()  # an earlier batch: its answers enter the memo
                 hit = memo.get(key)
-                if hit is not None:
+                if hit is not None and not (step.probabilities and hit[0].probabilities is None):
                     source = hit[2] if hit[1] == step.index else None
                     self.outcomes[row] = _outcome(hit[0], "dedup", key, source_row_id=source, free=True)
-                else:  # gone from the memo already (a tiny memo_size): ask for it here
+                else:  # gone from the memo (a tiny memo_size), or without probabilities: ask here
                     again.setdefault(key, (request, []))[1].append(row)
             if again:
                 keys = list(again)

@@ -98,7 +98,7 @@ def run_plan(plan: Node, *, engine: Any = None, max_cost: float | None = None, m
         if exact_cache is not None:
             logger.info("exact cache: %s", getattr(exact_cache, "path", config.cache_dir()))
         recorder = LineageRecorder(enabled=opts.lineage)
-        ctx = RunContext(engine=eng, options=opts, recorder=recorder, progress=progress, machine=machine,
+        ctx = RunContext(engine=eng, options=opts, recorder=recorder, progress=progress, machine=machine, budget=budget,
                          resolver=AnswerResolver(eng, exact_cache=exact_cache, recorder=recorder, observers=observers,
                                                  on_error=opts.on_error, memo_size=opts.memo_size,
                                                  pipeline=True))
@@ -141,7 +141,9 @@ def execute(root: PhysicalOp, ctx: RunContext, plan: Node, sink: Any = None) -> 
     except BaseException as exc:  # noqa: BLE001 - the partial result is kept, the error re-raised
         error = exc
     finally:
-        ctx.resolver.close()
+        if error is not None and isinstance(error, Exception):
+            ctx.resolver.settle()  # batches in flight when the run stopped: into the cache and budget
+        ctx.resolver.close(wait=error is None or isinstance(error, Exception))
         if ctx.progress is not None:
             ctx.progress.close()
         if sink is not None:
@@ -157,6 +159,10 @@ def execute(root: PhysicalOp, ctx: RunContext, plan: Node, sink: Any = None) -> 
     if error is not None:
         if isinstance(error, SemframeError):
             error.result = result  # type: ignore[attr-defined]
+        if isinstance(error, BudgetExceeded) and ctx.budget is not None:
+            # Batches answered after the refusal (those in flight, and the rows passed on
+            # before it was raised) are spent too: the error says what the run spent in all.
+            error.spent_tokens, error.spent_usd = ctx.budget.spent_tokens, ctx.budget.spent_usd
         raise error
     if ctx.engine is not None:
         rows = result.df.height if result.rows_written is None else result.rows_written

@@ -12,10 +12,10 @@ by node type.
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +33,6 @@ from semframe.physical.base import EstimateContext, EstState, PhysicalOp
 from semframe.physical.prompts import RequestBuilder, field_words
 from semframe.physical.relational import PolarsQuery, rebatch
 from semframe.plan.semantic import SemanticNode, SemanticStep, SemClassify, SemExtract, SemFilter, SemMap, engine_label
-
-logger = logging.getLogger("semframe")
 
 #: Logical node type -> physical operator class.
 OPERATORS: dict[type, type[PhysicalOp]] = {}
@@ -189,8 +187,11 @@ class RowOperator(SemanticOperator):
         run = self.open_step(ctx, expected_rows(self.inputs[0], progress) if progress is not None else None)
         metrics, build = run.metrics, self.builder.build_all
         # With ``reads_on``, batch i+1 is submitted before batch i's answers are attached: against
-        # a pipelined engine its requests are in flight meanwhile (AnswerResolver.submit).
-        held: tuple[Batch, Any, list[str | None], float] | None = None
+        # a pipelined engine its requests are in flight meanwhile (AnswerResolver.submit). When
+        # the step's input fails or a budget refuses the next batch, the batches already sent are
+        # passed on first, as they would have been one at a time; a batch still in flight when
+        # the consumer stops is settled by the executor (AnswerResolver.settle: cache and budget).
+        pending: deque[tuple[Batch, Any, list[str | None], float]] = deque()
 
         def finish(batch: Batch, sent: Any, reasons: list[str | None], seconds: float) -> Batch:
             start = time.perf_counter()
@@ -203,34 +204,32 @@ class RowOperator(SemanticOperator):
                 progress.rows(batch.height, step=self.index)
             return out
 
-        try:
-            for batch in rebatch(self.inputs[0].execute(ctx), ctx.options.batch_size):
-                start = time.perf_counter()
-                texts, reasons = render_texts(node.template, batch.frame)
-                try:
-                    sent = self.send(ctx, run, build(texts), texts, batch.ids, overlap=self.reads_on)
-                except BaseException:
-                    if held is not None:  # the batch before is answered: pass it on, then stop
-                        earlier, held = held, None
-                        yield finish(*earlier)
-                    raise
-                if held is not None:
-                    earlier, held = held, None
-                    yield finish(*earlier)
-                held = (batch, sent, reasons, time.perf_counter() - start)
-                if not sent.in_flight:
-                    held = None
-                    yield finish(batch, sent, reasons, time.perf_counter() - start)
-            if held is not None:
-                earlier, held = held, None
-                yield finish(*earlier)
-        finally:
-            if held is not None:  # the consumer stopped early: keep the answers (cache, lineage)
-                try:
-                    self.take(ctx, run, held[1], held[0].ids, held[2])
-                except Exception:  # noqa: BLE001 - the run is ending for another reason already
-                    logger.debug("step %d: the batch in flight failed while the run stopped", self.index,
-                                 exc_info=True)
+        def drain(keep: int) -> Iterator[Batch]:
+            """Pass on answered batches, oldest first, leaving ``keep`` in flight."""
+            while len(pending) > keep:
+                out = finish(*pending[0])
+                pending.popleft()
+                yield out
+
+        source = iter(rebatch(self.inputs[0].execute(ctx), ctx.options.batch_size))
+        while True:
+            try:
+                batch = next(source)
+            except StopIteration:
+                break
+            except BaseException:  # the input failed: the batches answered so far go on first
+                yield from drain(0)
+                raise
+            start = time.perf_counter()
+            texts, reasons = render_texts(node.template, batch.frame)
+            try:
+                sent = self.send(ctx, run, build(texts), texts, batch.ids, overlap=self.reads_on)
+            except BaseException:  # e.g. a budget refused this batch: the ones before go on first
+                yield from drain(0)
+                raise
+            pending.append((batch, sent, reasons, time.perf_counter() - start))
+            yield from drain(1 if sent.in_flight else 0)
+        yield from drain(0)
         self.close_step(ctx, run)
 
     def describe(self) -> str:
