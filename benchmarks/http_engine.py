@@ -228,6 +228,10 @@ def _notes(s: dict[str, Any]) -> str:
   the transport on a 2-core machine: the API server process (chat template, tokenizing, JSON,
   detokenizing, its own event loop) and the client's HTTP work take CPU time from the engine core
   for every request, where the in-process engine hands token ids straight to its scheduler.
+  (A py-spy profile of the client against this server: about a tenth of its CPU goes to
+  httpcore's connection-pool scan, which visits every one of the 64 connections per request --
+  a known cost, encode/httpcore#1035, unmerged.) 200 rows are one batch (`batch_size` 512), so
+  pipelining plays no part here.
 - naive loop >= 3x slower than HTTP: {met(s['naive_over_http'] >= 3)} ({s['naive_over_http']:.2f}x). Both send the
   same requests to the same server; the difference is how many are in flight (64 vs 4), which lets
   the server batch more rows per decode step. On this 2-core CPU machine a step of the 135M model
