@@ -15,7 +15,11 @@ its start is reported apart). Local, 1 actor and 2 actors are run side by side, 
 ``docs/results/ray_actors.md`` and ``.json``.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.ray_actors [--titles 200] [--engine deterministic|smollm2]
-        [--repeats 3] [--cpus 2] [--no-write]
+        [--mode data|pool] [--repeats 3] [--cpus 2] [--no-write]
+
+``--mode`` is the executor's mode (docs/scale-out.md): ``data`` (default; the step is one Ray Data
+execution) or ``pool`` (the local operator on the driver, each engine batch split over a pool of
+actors); ``pool`` writes ``ray_actors[_smollm2]_pool.md``.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ def main() -> None:
     ap.add_argument("--engine", choices=("deterministic", "smollm2"), default="deterministic")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--mode", choices=("data", "pool"), default="data")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
 
@@ -94,7 +99,7 @@ def main() -> None:
                 result = plan.run(local_engine, cache=False, progress=False)
             else:
                 result = plan.run(actor_engine, cache=False, progress=False,
-                                  executor=sf.RayExecutor(num_actors=actors))
+                                  executor=sf.RayExecutor(num_actors=actors, mode=args.mode))
             times[mode].append(time.perf_counter() - t)
             assert result.df.height == len(titles) and result.metrics["engine_requests"].item() == len(titles)
             answers.setdefault(mode, result.df["europe"].to_list())
@@ -118,10 +123,12 @@ def main() -> None:
     if args.no_write:
         return
     name = "ray_actors" if args.engine == "deterministic" else "ray_actors_smollm2"
+    if args.mode == "pool":
+        name += "_pool"
     out = OUT.with_name(f"{name}.md")
-    text = (f"# Ray executor: local vs 1 vs 2 CPU actors ({args.engine} engine)\n\n"
+    text = (f"# Ray executor: local vs 1 vs 2 CPU actors ({args.engine} engine, {args.mode} mode)\n\n"
             f"`OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.ray_actors --titles {args.titles} "
-            f"--engine {args.engine} --repeats {args.repeats} --cpus {args.cpus}`\n\n"
+            f"--engine {args.engine} --mode {args.mode} --repeats {args.repeats} --cpus {args.cpus}`\n\n"
             f"{len(titles)} distinct BBC titles, one classify step (workload 1's question), cache off; "
             f"a local Ray cluster of {args.cpus} CPUs (loopback only), started once: `ray.init` took "
             f"{init_s:.1f} s (not in the times). Each Ray run starts its actor pool (each actor imports "
@@ -132,7 +139,7 @@ def main() -> None:
             f"Machine: {json.dumps(facts)}\n")
     out.write_text(text)
     out.with_suffix(".json").write_text(json.dumps(
-        {"engine": args.engine, "titles": len(titles), "cpus": args.cpus, "ray_init_s": init_s, "times_s": times,
+        {"engine": args.engine, "mode": args.mode, "titles": len(titles), "cpus": args.cpus, "ray_init_s": init_s, "times_s": times,
          "machine": facts}, indent=2))
     print(f"wrote {out}")
 

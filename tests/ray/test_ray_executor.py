@@ -145,16 +145,14 @@ def test_a_killed_actor_is_replaced_and_no_row_is_lost(ray_cluster, tmp_path: Pa
     assert 23 <= answered <= 23 + batch  # at most the killed batch was answered twice
 
 
-def test_engine_objects_budgets_and_other_steps_are_refused_clearly():
+def test_engine_objects_are_refused_clearly_before_any_cluster_starts():
     plan = _frame(5).lazy().semantic.classify("title", ["YES", "NO"])
     executor = sf.RayExecutor(num_actors=1)
     with pytest.raises(sf.PlanError, match="engine object cannot be sent"):
         plan.run(sf.DeterministicEngine(), executor=executor)
-    with pytest.raises(sf.PlanError, match="budgets"):
-        plan.run("deterministic", max_cost=1.0, executor=executor)
-    assert sf.last_run().complete is False and "budgets" in sf.last_run().error
-    with pytest.raises(sf.PlanError, match="ask every row"):
-        _frame(5).lazy().semantic.map("{title}", temperature=0.7).run("deterministic", executor=executor)
+    assert sf.last_run().complete is False and "engine object" in sf.last_run().error
+    with pytest.raises(sf.PlanError, match="engine object cannot be sent"):  # the pool mode checks first too
+        plan.run(sf.DeterministicEngine(), max_cost=1.0, executor=executor)
     with pytest.raises(ValueError, match="num_actors"):
         sf.RayExecutor(num_actors=0)
 

@@ -58,3 +58,26 @@ def test_tiny_vllm_on_two_cpu_actors_answers_as_in_process(ray_cluster, tiny_mod
     assert remote.df["eu"].null_count() == 1
     assert remote.df["eu"].to_list() == local.df["eu"].to_list()
     assert remote.engine_model == local.engine_model
+
+
+def test_tiny_vllm_in_the_pool_mode_counts_and_stops_as_in_process(ray_cluster, tiny_model: Path):
+    """The pool mode with a real engine: the budget counts each batch's prompts with the engine's
+    chat template (asked of an actor) and stops before the same batch as in process."""
+    titles = [f"Battle of place {i}" for i in range(12)]
+    plan = pl.DataFrame({"title": titles}).lazy().semantic.classify(
+        "title", ["YES", "NO"], instruction="Is the title about Europe?", name="eu")
+    engine = _factory(str(tiny_model))()
+    try:
+        full = plan.run(engine, cache=False, batch_size=3)
+        limit = full.metrics["prompt_tokens"].item()  # answers are counted at max_tokens: a stop midway
+        with pytest.raises(sf.BudgetExceeded) as local:
+            plan.run(engine, cache=False, batch_size=3, max_tokens=limit)
+    finally:
+        engine.close()
+    with pytest.raises(sf.BudgetExceeded) as remote:
+        plan.run(_factory(str(tiny_model)), cache=False, batch_size=3, max_tokens=limit,
+                 executor=sf.RayExecutor(num_actors=2, mode="pool"))
+    assert 0 < local.value.result.df.height < len(titles)
+    assert remote.value.result.df.equals(local.value.result.df)
+    assert remote.value.spent_tokens == local.value.spent_tokens <= limit
+    assert str(remote.value).split(" (spent")[0] == str(local.value).split(" (spent")[0]  # the same batch, counted alike

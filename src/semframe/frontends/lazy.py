@@ -291,10 +291,13 @@ class SemLazyFrame:
     def _sink(self, method: str, path: Any, kwargs: dict[str, Any]) -> RunResult:
         from semframe.physical.sinks import SINKS
 
+        executor = kwargs.pop("executor", None)
         options = _split_run_options(kwargs)
-        if options.get("engine") is not None:
+        if executor is None and options.get("engine") is not None:
             existing_engine(options["engine"])  # a clear error for anything but an Engine
         sink = SINKS[method](path, self.collect_schema(), **kwargs)
+        if executor is not None:  # the executor checks the engine (a name or a function making one)
+            return executor.run(self._plan_node, sink=sink, **options)
         return run_plan(self._plan_node, sink=sink, **options)
 
     def sink_parquet(self, path: Any, **kwargs: Any) -> RunResult:
@@ -497,7 +500,7 @@ class SemLazyFrame:
             batch, with the partial result in ``err.result``).
         executor
             Where the plan runs: None (this process), or e.g. ``sf.RayExecutor(num_actors=2)`` to
-            answer its row-wise semantic steps on a Ray Data actor pool (docs/scale-out.md).
+            run its semantic steps on a Ray cluster (docs/scale-out.md).
 
         Examples
         --------

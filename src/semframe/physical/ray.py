@@ -1,11 +1,21 @@
-"""Run a plan's row-wise semantic steps on Ray Data: :class:`RayExecutor`.
+"""Run a plan's semantic steps on a Ray cluster: :class:`RayExecutor`.
 
 ``plan.collect(executor=sf.RayExecutor(num_actors=2))`` plans the query exactly as a local run
-does (same optimizer, same physical operators), then runs each row-wise semantic step
-(classify, filter, extract, map) on a pool of Ray Data actors:
+does (same optimizer, same physical operators), then runs it in one of two ways:
 
-1. the driver runs everything below the step with polars (the local operators) and gathers the
-   step's input (a frame and its provenance ids);
+- **pool** (any plan; chosen for a plan with a join, an aggregate, a top-k or sort, a cluster or
+  dedup, an approximate step, an embedding step, a step that asks every row or uses the semantic
+  cache, and for any run with a budget): the physical operators run on the driver unchanged,
+  with the driver's resolver, caches, budget and progress; only the engine is remote -- each
+  engine batch is split over a pool of actors and the completions gathered in order
+  (:mod:`semframe.physical.ray_pool`). The budget is checked on the driver before each batch is
+  sent, so it holds across the cluster exactly as it holds locally.
+- **data** (row-wise plans: classify, filter, extract, map), below.
+
+In the data mode each row-wise semantic step runs on a pool of Ray Data actors:
+
+1. the driver runs everything below the step with polars (the local operators) and takes the
+   step's input a window at a time (``window_rows`` rows: a frame and its provenance ids);
 2. it renders the step's prompts and builds the requests (the same ``RequestBuilder``), and
    keeps one request per distinct request key -- the cluster-wide dedup: a text repeated on
    many rows is asked once, whichever actor would have got it;
@@ -23,9 +33,11 @@ does (same optimizer, same physical operators), then runs each row-wise semantic
 5. the relational steps above run on the driver, as locally.
 
 So the same plan gives the same answers, lineage and engine-request counts on both executors
-(tests/ray/ checks this). What is not built yet is listed in docs/scale-out.md: budgets across
-the cluster, a cache for workers on several machines, join/aggregate/ranking steps on Ray,
-relational steps as Ray operations, streaming (a step's input is gathered on the driver).
+and in both modes (tests/ray/ checks this). The driver's progress display follows the blocks as
+they come back (data) or the engine batches (pool). What is not built yet is listed in
+docs/scale-out.md: a cache for workers on several machines, relational steps as Ray operations.
+The data mode reads a step's input in windows of ``window_rows`` rows (one Ray Data execution
+each), so the driver holds one window at a time; the pool mode streams batch by batch.
 
 An actor that dies (a killed process, a lost node) is restarted by Ray and its batch retried
 (``max_restarts`` / ``max_task_retries``); no row is ever dropped (``max_errored_blocks`` is never
@@ -44,22 +56,28 @@ import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
-
-import polars as pl
 
 from semframe import config
 from semframe.engines.base import Engine
 from semframe.errors import PlanError
 from semframe.execution.context import RunContext, RunOptions
 from semframe.execution.lineage import LineageRecorder, Outcome, StepMetrics
+from semframe.execution.progress import Progress, progress_mode
 from semframe.execution.provenance import Batch, scalar_ids
 from semframe.execution.render import render_texts
 from semframe.execution.resolver import AnswerResolver, StepInfo
 from semframe.physical.base import EstimateContext, EstState, PhysicalOp
 from semframe.physical.executor import _failed_to_start, execute, prepare
-from semframe.physical.semantic import RowOperator, SemanticOperator, gather
+from semframe.physical.ray_pool import EnginePool, PoolEngine, PrefetchCounts, build_engine
+from semframe.physical.relational import rebatch
+from semframe.physical.semantic import RowOperator, SemanticOperator, expected_rows, gather
+
+__all__ = ["RayExecutor", "RayRowStep", "build_engine", "engine_spec"]
+
+#: How a run uses the cluster (see :class:`RayExecutor`).
+MODES = ("auto", "data", "pool")
 
 #: Counters an actor reports per batch (the rest of a step's metrics come from its outcomes).
 _BATCH_COUNTERS = ("engine_batches", "engine_retries", "engine_failures", "cache_rejects")
@@ -97,23 +115,43 @@ class RayExecutor:
         Arrow blocks per actor (more blocks: finer load balancing, more calls).
     cpus
         CPUs of the local cluster (None: Ray's default, every core); ignored with ``address``.
+    mode
+        How a run uses the cluster. ``"data"``: each row-wise step (classify, filter, extract,
+        map) is one Ray Data execution over its distinct requests (streamed over
+        ``num_actors * blocks_per_actor`` blocks; the driver waits for nothing but the end);
+        other operators, budgets, ``dedupe=False`` / ``temperature > 0`` steps and the semantic
+        cache are refused. ``"pool"``: every operator runs on the driver exactly as locally (the
+        same physical operators, resolver, caches, budget and progress) and only the engine
+        batches go to a pool of ``num_actors`` actors, each batch split over them
+        (:mod:`semframe.physical.ray_pool`). ``"auto"`` (default): ``"data"`` for a plan it can
+        run, else ``"pool"``.
+    window_rows
+        The data mode reads a step's input in windows of this many rows, each one Ray Data
+        execution (its own actor pool start, a few seconds), so the driver holds one window at a
+        time; repeats across windows are answered from the run's bounded memo. None: the whole
+        input in one execution (the fewest pool starts, memory that grows with the rows).
 
     Examples
     --------
     >>> import polars as pl, semframe as sf
     >>> ex = sf.RayExecutor(num_actors=2)  # starts nothing until a plan runs
-    >>> ex.num_actors
-    2
+    >>> ex.num_actors, ex.mode
+    (2, 'auto')
     """
 
     def __init__(self, num_actors: int = 2, num_cpus_per_actor: float = 1, batch_size: int | None = None,
                  address: str | None = None, *, engine: Any = None, num_gpus_per_actor: float = 0,
                  max_retries: int = 3, retry_on_errors: bool | list[type] = False, blocks_per_actor: int = 2,
-                 cpus: int | None = None):
+                 cpus: int | None = None, mode: str = "auto", window_rows: int | None = 100_000):
+        if mode not in MODES:
+            raise ValueError(f"RayExecutor: mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
         for name, value, low in (("num_actors", num_actors, 1), ("blocks_per_actor", blocks_per_actor, 1),
                                  ("max_retries", max_retries, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"RayExecutor: {name} must be an integer >= {low}, got {value!r}")
+        if window_rows is not None and (isinstance(window_rows, bool) or not isinstance(window_rows, int)
+                                        or window_rows < 1):
+            raise ValueError(f"RayExecutor: window_rows must be a positive integer or None, got {window_rows!r}")
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                        or batch_size < 1):
             raise ValueError(f"RayExecutor: batch_size must be a positive integer or None, got {batch_size!r}")
@@ -127,6 +165,8 @@ class RayExecutor:
         self.retry_on_errors = retry_on_errors
         self.blocks_per_actor = blocks_per_actor
         self.cpus = cpus
+        self.mode = mode
+        self.window_rows = window_rows
         self._temp_dir: str | None = None  # set when this executor started a local cluster
 
     def __repr__(self) -> str:
@@ -180,55 +220,165 @@ class RayExecutor:
 
     def run(self, plan: Any, *, engine: Any = None, max_cost: float | None = None, max_tokens: int | None = None,
             sink: Any = None, **options: Any) -> Any:
-        """Run ``plan`` (a logical plan) and return its :class:`~semframe.RunResult`."""
+        """Run ``plan`` (a logical plan) and return its :class:`~semframe.RunResult`.
+
+        Row-wise plans run their steps on Ray Data (:class:`RayRowStep`); any other plan, and any
+        plan with a budget, runs its operators on the driver with the engine batches answered by
+        an actor pool (:mod:`semframe.physical.ray_pool`); ``mode`` chooses (see the class).
+        """
+        pool = None
         try:
-            if max_cost is not None or max_tokens is not None:
-                raise PlanError("RayExecutor: budgets (max_cost, max_tokens) across a Ray cluster are not built "
-                                "yet; run without executor= to use them")
             opts = RunOptions.resolve(config.settings, **options)
-            if opts.progress:
-                opts = opts.with_(progress=False)  # the cluster's progress in the driver is not built yet
             plan, root = prepare(plan, opts)
             run_engine = self.engine if self.engine is not None else engine
             if run_engine is None:
                 run_engine = config.settings.engine
-            state = _RunState(self, opts)
-            root = self._distribute(root, run_engine, state)
-            if state.steps:
-                self.connect()
+            budget = max_cost is not None or max_tokens is not None
+            if self._uses_pool(root, budget):
+                pool = EnginePool(self.num_actors, self.num_cpus_per_actor, self.num_gpus_per_actor,
+                                  self.max_retries, self.batch_size)
+                ctx = self._pool_context(plan, root, run_engine, opts, pool, max_cost, max_tokens)
+            else:
+                state = _RunState(self, opts)
+                root = self._distribute(root, run_engine, state)
+                ctx = self._data_context(opts, state)
         except BaseException as exc:  # the run could not start: last_run says so, as for a local run
+            if pool is not None:
+                pool.close()
             if sink is not None:
                 sink.close(ok=False)
             _failed_to_start(plan, exc)
             raise
-        recorder = LineageRecorder(enabled=opts.lineage)
-        # The driver never asks an engine: its resolver has none (the actors have theirs).
-        ctx = RunContext(engine=None, options=opts, recorder=recorder, progress=None,
-                         resolver=AnswerResolver(None, recorder=recorder))
-        result = execute(root, ctx, plan, sink)
-        result.engine_model = state.model
+        try:
+            result = execute(root, ctx, plan, sink)
+        finally:
+            if pool is not None:
+                pool.close()  # scale to zero: the actors (and their engines) go with the run
+        if pool is None:
+            result.engine_model = state.model
         return result
 
+    def _uses_pool(self, root: PhysicalOp, budget: bool) -> bool:
+        """Whether the run answers its engine batches from the actor pool (else Ray Data)."""
+        if self.mode == "pool":
+            return True
+        reasons = [(op, why) for op in root.walk() if (why := _not_on_data(op)) is not None]
+        if self.mode == "data":
+            if budget:
+                raise PlanError("RayExecutor(mode='data'): budgets (max_cost, max_tokens) are checked before "
+                                "each engine batch, which only mode='pool' (or 'auto') does; drop mode='data'")
+            if reasons:
+                op, why = reasons[0]
+                raise PlanError(f"RayExecutor(mode='data'): step {op.index} ({op.node.operator}) {why}; "
+                                "use mode='auto' (its operators then run on the driver, asking the actor pool)")
+            return False
+        return budget or bool(reasons)
+
+    def _data_context(self, opts: RunOptions, state: _RunState) -> RunContext:
+        """The context of a run whose row-wise steps are Ray Data executions (the driver asks nothing)."""
+        if state.steps:
+            self.connect()
+        recorder = LineageRecorder(enabled=opts.lineage)
+        progress = _progress(opts, state.steps, None)
+        # The driver never asks an engine: its resolver has none (the actors have theirs).
+        return RunContext(engine=None, options=opts, recorder=recorder, progress=progress,
+                          resolver=AnswerResolver(None, recorder=recorder))
+
+    def _pool_context(self, plan: Any, root: PhysicalOp, run_engine: Any, opts: RunOptions, pool: EnginePool,
+                      max_cost: float | None, max_tokens: int | None) -> RunContext:
+        """The context of a run whose operators run on the driver as locally, with the engines
+        answered by ``pool``: the local resolver, caches, budget and progress, unchanged."""
+        from semframe.accounting.budget import Budget
+        from semframe.accounting.prices import machine_price
+        from semframe.accounting.throughput import throughput_for
+        from semframe.physical.executor import _open_exact_cache, has_semantic, uses_llm
+        from semframe.plan.nodes import walk
+
+        llm_nodes = [n for n in walk(plan) if uses_llm(n)]
+        engine_of = _EngineRefs(pool, run_engine)
+        for n in llm_nodes:  # every engine the plan names can be sent, before the cluster starts
+            engine_of.spec(n.engine)  # type: ignore[attr-defined]
+        if llm_nodes:
+            self.connect()
+        eng = engine_of(None) if any(n.engine is None for n in llm_nodes) else None  # type: ignore[attr-defined]
+        machine_engine = eng if eng is not None or not llm_nodes else engine_of(llm_nodes[0].engine)  # type: ignore[attr-defined]
+        machine = machine_price(machine_engine)
+        observers: list[Any] = []
+        if max_cost is not None or max_tokens is not None:
+            observers.append(PrefetchCounts(eng))  # one count call per batch, before the budget reads it
+            observers.append(Budget(max_tokens=max_tokens, max_cost=max_cost, machine=machine,
+                                    throughput=throughput_for(machine_engine, machine.kind), engine=machine_engine))
+        steps = [op for op in root.walk() if isinstance(op, SemanticOperator)]
+        progress = _progress(opts, steps, machine) if has_semantic(plan) else None
+        if progress is not None:
+            observers.append(progress)
+        exact_cache = _open_exact_cache() if (opts.cache and has_semantic(plan)) else None
+        recorder = LineageRecorder(enabled=opts.lineage)
+        return _PoolContext(engine=eng, options=opts, recorder=recorder, progress=progress, machine=machine,
+                            resolver=AnswerResolver(eng, exact_cache=exact_cache, recorder=recorder,
+                                                    observers=observers, on_error=opts.on_error,
+                                                    memo_size=opts.memo_size),
+                            engines=engine_of)
+
     def _distribute(self, op: PhysicalOp, run_engine: Any, state: _RunState) -> PhysicalOp:
-        """The operator tree with every row-wise semantic step replaced by its Ray form."""
+        """The operator tree with every row-wise semantic step replaced by its Ray Data form."""
         op.inputs = tuple(self._distribute(child, run_engine, state) for child in op.inputs)
-        if isinstance(op, RowOperator) and type(op).execute is RowOperator.execute:
+        if isinstance(op, SemanticOperator):
             node = op.node
-            where = f"RayExecutor: step {op.index} ({node.operator})"
-            if not op.dedupe:
-                raise PlanError(f"{where}: steps that ask every row (temperature > 0 or dedupe=False) do not run "
-                                "on Ray yet; run them without executor=")
-            if node.semantic_cache is not None:
-                raise PlanError(f"{where}: the semantic cache does not run on Ray yet; run without executor= or "
-                                "drop semantic_cache=")
             ref = node.engine if node.engine is not None else run_engine
-            step = RayRowStep(op, state, engine_spec(ref, where), memo_key=_memo_key(node.engine))
+            step = RayRowStep(op, state, engine_spec(ref, f"RayExecutor: step {op.index} ({node.operator})"),
+                              memo_key=_memo_key(node.engine))
             state.steps.append(step)
             return step
-        if isinstance(op, SemanticOperator):
-            raise PlanError(f"RayExecutor: step {op.index} ({op.node.operator}) does not run on Ray yet (only "
-                            "classify, filter, extract and map do); run the plan without executor=")
         return op
+
+
+def _not_on_data(op: PhysicalOp) -> str | None:
+    """Why ``op`` cannot be a Ray Data step (None: it can, or it is not a semantic step)."""
+    if not isinstance(op, SemanticOperator):
+        return None
+    if not (isinstance(op, RowOperator) and type(op).execute is RowOperator.execute):
+        return "asks in rounds (not one request per row)"
+    if not op.dedupe:
+        return "asks every row (temperature > 0 or dedupe=False)"
+    if op.node.semantic_cache is not None:
+        return "uses the semantic cache"
+    return None
+
+
+def _progress(opts: RunOptions, steps: list[Any], machine: Any) -> Progress | None:
+    """The run's progress display, as a local run makes it (None: off, or no semantic step)."""
+    mode = progress_mode(opts.progress) if steps else None
+    if not mode:
+        return None
+    progress = Progress(mode, machine=machine)
+    progress.plan_steps((op.index, op.node.operator, op.node.output_name) for op in steps)
+    return progress
+
+
+class _EngineRefs:
+    """``ref -> PoolEngine``: the pool engine a step's ``engine=`` names (None: the run's)."""
+
+    def __init__(self, pool: EnginePool, run_engine: Any):
+        self.pool = pool
+        self.run_engine = run_engine
+
+    def spec(self, ref: Any) -> Any:
+        where = "RayExecutor" if ref is None else f"RayExecutor: engine {ref!r:.60}"
+        return engine_spec(self.run_engine if ref is None else ref, where)
+
+    def __call__(self, ref: Any) -> PoolEngine:
+        return self.pool.engine(self.spec(ref))
+
+
+@dataclass
+class _PoolContext(RunContext):
+    """A run context whose step engines (``engine_for``) are pool engines, not local ones."""
+
+    engines: Any = None
+
+    def engine_for(self, ref: Any) -> Any:
+        return self.engine if ref is None and self.engine is not None else self.engines(ref)
 
 
 class _RunState:
@@ -276,18 +426,6 @@ def engine_spec(ref: Any, where: str = "RayExecutor") -> Any:
     raise PlanError(f"{where}: engine must be a name or a function that makes an engine, got {type(ref).__name__}")
 
 
-def build_engine(spec: Any) -> Engine:
-    """The engine an actor answers with (see :func:`engine_spec`)."""
-    from semframe.engines.registry import engine_by_name, resolve_engine
-
-    if isinstance(spec, str):
-        return resolve_engine(None) if spec == "default" else engine_by_name(spec)
-    engine = spec()
-    if not isinstance(engine, Engine):
-        raise PlanError(f"RayExecutor: the engine function returned {type(engine).__name__}, not an Engine")
-    return engine
-
-
 class RayRowStep(PhysicalOp):
     """One row-wise semantic step whose requests are answered by a Ray Data actor pool."""
 
@@ -315,7 +453,25 @@ class RayRowStep(PhysicalOp):
         metrics = StepMetrics(step=inner.index, operator=node.operator, column=node.output_name)
         ctx.metrics.append(metrics)
         info = inner.step_info(metrics, None)
-        batch = gather(self.inputs[0], ctx)
+        progress = ctx.progress
+        if progress is not None:
+            progress.start_step(inner.index, node.operator, node.output_name,
+                                expected_rows(self.inputs[0], progress), metrics)
+        window = self.state.executor.window_rows
+        windows = (rebatch(self.inputs[0].execute(ctx), window) if window is not None
+                   else iter([gather(self.inputs[0], ctx)]))
+        size = ctx.options.batch_size
+        for batch in windows:
+            out = self._answer_window(ctx, info, metrics, batch)
+            for offset in range(0, out.height, size):
+                yield out.slice(offset, size)
+        if progress is not None:
+            progress.end_step(inner.index)
+
+    def _answer_window(self, ctx: RunContext, info: StepInfo, metrics: StepMetrics, batch: Batch) -> Batch:
+        """One window of the step's input answered by one Ray Data execution: its output rows."""
+        inner, node = self.inner, self.inner.node
+        progress = ctx.progress
         start = time.perf_counter()
         texts, reasons = render_texts(node.template, batch.frame)
         requests = inner.builder.build_all(texts)
@@ -339,9 +495,17 @@ class RayRowStep(PhysicalOp):
             ask.append(key)
             if ctx.recorder.enabled:
                 ctx.recorder.remember_prompt(requests[rows[0]])  # type: ignore[arg-type]
+        if progress is not None:  # the rows answered without asking: skipped, or an earlier step's answer
+            progress.rows(batch.height - sum(len(groups[k]) for k in ask), step=inner.index)
         if ask:
+            def answered(positions: list[int], outcomes: list[Outcome]) -> None:
+                """A block came back: its rows (repeats included) are done."""
+                if progress is not None:
+                    progress.engine_batch([o for o in outcomes if o.source == "engine"], step=inner.index)
+                    progress.rows(sum(len(groups[ask[p]]) for p in positions), step=inner.index)
+
             answers, counters = self._ask_cluster(info, [texts[groups[k][0]] for k in ask],  # type: ignore[misc]
-                                                  [row_id(groups[k][0]) for k in ask], ask)
+                                                  [row_id(groups[k][0]) for k in ask], ask, answered)
             for name in _BATCH_COUNTERS:
                 setattr(metrics, name, getattr(metrics, name) + counters.get(name, 0))
             if counters.get("pricing") is not None and metrics.pricing is None:
@@ -365,15 +529,17 @@ class RayRowStep(PhysicalOp):
         out = inner.emit_outcomes(batch, done)
         metrics.rows_out += out.height
         metrics.seconds += time.perf_counter() - start
-        size = ctx.options.batch_size
-        for offset in range(0, out.height, size):
-            yield out.slice(offset, size)
+        return out
 
-    def _ask_cluster(self, info: StepInfo, texts: list[str], row_ids: list[Any],
-                     keys: list[str]) -> tuple[list[Outcome], dict[str, Any]]:
-        """Each distinct request answered once by the actor pool, in order, and the step's counters."""
+    def _ask_cluster(self, info: StepInfo, texts: list[str], row_ids: list[Any], keys: list[str],
+                     answered: Callable[[list[int], list[Outcome]], None] | None = None,
+                     ) -> tuple[list[Outcome], dict[str, Any]]:
+        """Each distinct request answered once by the actor pool, in order, and the step's counters.
+
+        The blocks are read as they come back (Ray Data streams them); ``answered(positions,
+        outcomes)`` is told of each one (the progress display).
+        """
         import pyarrow as pa
-        import ray
         import ray.data
 
         ex, opts = self.state.executor, self.state.options
@@ -399,24 +565,28 @@ class RayRowStep(PhysicalOp):
                 warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
                 ds = _map(ds, ray.data, self.spec, self.inner.builder, template, cache_dir, opts, ex,
                           actors=min(ex.num_actors, blocks))  # no idle engine for a few requests
-            parts = ray.get(ds.to_arrow_refs())
+            answers: list[Outcome | None] = [None] * n
+            counters: dict[str, Any] = {}
+            for part in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                positions = part.column("pos").to_pylist()
+                got = []
+                for pos, blob, stats in zip(positions, part.column("outcome").to_pylist(),
+                                            part.column("stats").to_pylist()):
+                    if answers[pos] is not None:
+                        raise RuntimeError(f"RayExecutor: request {pos} of step {info.index} came back twice")
+                    answers[pos] = outcome = pickle.loads(blob)
+                    got.append(outcome)
+                    if stats is not None:
+                        batch_stats = pickle.loads(stats)
+                        for name in _BATCH_COUNTERS:
+                            counters[name] = counters.get(name, 0) + batch_stats[name]
+                        counters.setdefault("pricing", batch_stats["pricing"])
+                        if not self.state.model:
+                            self.state.model = batch_stats["model"]
+                if answered is not None:
+                    answered(positions, got)
         finally:
             data_ctx.execution_options.preserve_order, data_ctx.actor_task_retry_on_errors = saved
-        answers: list[Outcome | None] = [None] * n
-        counters: dict[str, Any] = {}
-        for part in parts:
-            for pos, blob, stats in zip(part.column("pos").to_pylist(), part.column("outcome").to_pylist(),
-                                        part.column("stats").to_pylist()):
-                if answers[pos] is not None:
-                    raise RuntimeError(f"RayExecutor: request {pos} of step {info.index} came back twice")
-                answers[pos] = pickle.loads(blob)
-                if stats is not None:
-                    batch_stats = pickle.loads(stats)
-                    for name in _BATCH_COUNTERS:
-                        counters[name] = counters.get(name, 0) + batch_stats[name]
-                    counters.setdefault("pricing", batch_stats["pricing"])
-                    if not self.state.model:
-                        self.state.model = batch_stats["model"]
         missing = [i for i, a in enumerate(answers) if a is None]
         if missing:  # never silently: a lost row is a failed run
             raise RuntimeError(f"RayExecutor: {len(missing)} of {n} requests of step {info.index} did not come "
