@@ -33,12 +33,17 @@ INSTRUCTION = "Is the news headline below about sport?"
 FILTER = "The headline is about money or business."
 
 
-def rss_mib() -> float:
+def _status_mib(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (``VmRSS``: now, ``VmHWM``: peak)."""
     with open("/proc/self/status", encoding="ascii") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def rss_mib() -> float:
+    return _status_mib("VmRSS")
 
 
 def worker(rows: int) -> dict[str, Any]:
@@ -92,11 +97,7 @@ def worker(rows: int) -> dict[str, Any]:
 
 
 def _peak() -> float:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return _status_mib("VmHWM")
 
 
 def main() -> None:

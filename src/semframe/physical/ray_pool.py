@@ -32,7 +32,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from semframe.engines.base import Completion, Engine, RawCompletion, Request
+from semframe.engines.base import _USAGE_LOCK, Completion, Engine, RawCompletion, Request
 from semframe.errors import EngineError, PlanError
 
 #: Token counts a pool engine remembers (by request key or text), so memory stays bounded.
@@ -260,16 +260,8 @@ class PoolEngine(Engine):
         done: list[Completion] = self.pool.call("generate", self.key, self.spec_ref, requests)
         if len(done) != len(requests):  # never silently: a lost answer is a bug
             raise EngineError(f"RayExecutor: the actors returned {len(done)} answers for {len(requests)} requests")
-        u = self.usage
-        u.calls += 1
-        u.requests += len(done)
-        u.seconds += time.perf_counter() - start
-        for c in done:
-            u.prompt_tokens += c.prompt_tokens
-            u.cached_prompt_tokens += c.cached_prompt_tokens
-            u.output_tokens += c.output_tokens
-            u.errors += c.error is not None
-            u.attempts += c.attempts
+        with _USAGE_LOCK:
+            self._count(done, time.perf_counter() - start)  # the usage totals, as every engine keeps them
         return done
 
     # ------------------------------------------------------------------ counting, as the engine counts
