@@ -3,6 +3,8 @@
 - :class:`ExactCache` -- a persistent answer per (engine fingerprint, request), in a DuckDB file
   under the cache directory (``semframe.config.cache_dir()``, ``$SEMFRAME_CACHE_DIR``,
   ``sf.configure(cache_dir=...)``); on by default, off with ``cache=False``.
+- :class:`SegmentCache` -- the exact cache's interface over a shared directory of immutable answer
+  segments, for workers on several machines (``sf.RayExecutor(shared_cache=...)``).
 - :class:`SemanticCache` -- reuse an answer for a near-duplicate input text (opt-in per step with
   ``semantic_cache=True`` or a threshold).
 - :func:`audit_semantic_cache` -- re-ask the engine for a sample of semantic reuses and report
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from semframe.cache.exact import ExactCache
+from semframe.cache.segments import SegmentCache
 from semframe.cache.store import AnswerStore, CacheError
 
 if TYPE_CHECKING:
@@ -44,6 +47,7 @@ __all__ = [
     "CacheError",
     "Embedder",
     "ExactCache",
+    "SegmentCache",
     "SemanticCache",
     "answers_dir",
     "audit_semantic_cache",

@@ -24,7 +24,8 @@ In the data mode each row-wise semantic step runs on a pool of Ray Data actors:
    them: each actor builds its engine once, from an engine *spec* (an engine name such as
    ``"deterministic"`` or a model path, or a function that makes the engine: engines are never
    pickled) and answers through its own :class:`~semframe.execution.resolver.AnswerResolver`
-   over the shared exact cache (the DuckDB store hands its lock between processes);
+   over the shared exact cache (the DuckDB store, which hands its lock between processes on one
+   machine; or, with ``shared_cache=``, answer segments in a shared directory);
 4. every answer comes back as data -- a pickled :class:`~semframe.execution.lineage.Outcome` per
    request and the batch's engine counters -- and the driver joins the answers back to the
    rows (repeats become ``dedup`` rows naming the row first asked, as locally), records lineage
@@ -35,7 +36,9 @@ In the data mode each row-wise semantic step runs on a pool of Ray Data actors:
 So the same plan gives the same answers, lineage and engine-request counts on both executors
 and in both modes (tests/ray/ checks this). The driver's progress display follows the blocks as
 they come back (data) or the engine batches (pool). What is not built yet is listed in
-docs/scale-out.md: a cache for workers on several machines, relational steps as Ray operations.
+docs/scale-out.md: relational steps as Ray operations. For workers on several machines, give
+``RayExecutor(shared_cache=<a shared directory>)``: the exact cache is then answer segments there
+(:mod:`semframe.cache.segments`), in both modes.
 The data mode reads a step's input in windows of ``window_rows`` rows (one Ray Data execution
 each), so the driver holds one window at a time; the pool mode streams batch by batch.
 
@@ -130,6 +133,14 @@ class RayExecutor:
         execution (its own actor pool start, a few seconds), so the driver holds one window at a
         time; repeats across windows are answered from the run's bounded memo. None: the whole
         input in one execution (the fewest pool starts, memory that grows with the rows).
+    shared_cache
+        A directory every node can read and write (a shared file system; a ``file://`` URL is
+        taken as its path) for a cluster-safe exact cache: answer segments, one file per engine
+        batch (:class:`~semframe.cache.segments.SegmentCache`). With it the data mode's actors and
+        the pool mode's driver read and write the answers there instead of the DuckDB file under
+        the cache directory (which actors on other machines cannot share). None (default): the
+        DuckDB exact cache of ``sf.configure(cache_dir=...)``. ``cache=False`` still turns caching
+        off; the semantic cache and embeddings then stay in memory for the run.
 
     Examples
     --------
@@ -142,7 +153,8 @@ class RayExecutor:
     def __init__(self, num_actors: int = 2, num_cpus_per_actor: float = 1, batch_size: int | None = None,
                  address: str | None = None, *, engine: Any = None, num_gpus_per_actor: float = 0,
                  max_retries: int = 3, retry_on_errors: bool | list[type] = False, blocks_per_actor: int = 2,
-                 cpus: int | None = None, mode: str = "auto", window_rows: int | None = 100_000):
+                 cpus: int | None = None, mode: str = "auto", window_rows: int | None = 100_000,
+                 shared_cache: str | os.PathLike | None = None):
         if mode not in MODES:
             raise ValueError(f"RayExecutor: mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
         for name, value, low in (("num_actors", num_actors, 1), ("blocks_per_actor", blocks_per_actor, 1),
@@ -167,11 +179,13 @@ class RayExecutor:
         self.cpus = cpus
         self.mode = mode
         self.window_rows = window_rows
+        self.shared_cache = _shared_cache_dir(shared_cache)  # an absolute path, or None
         self._temp_dir: str | None = None  # set when this executor started a local cluster
 
     def __repr__(self) -> str:
         where = self.address or "local"
-        return f"RayExecutor(num_actors={self.num_actors}, address={where!r})"
+        shared = f", shared_cache={self.shared_cache!r}" if self.shared_cache else ""
+        return f"RayExecutor(num_actors={self.num_actors}, address={where!r}{shared})"
 
     # ------------------------------------------------------------------ the cluster
 
@@ -312,7 +326,9 @@ class RayExecutor:
         progress = _progress(opts, steps, machine) if has_semantic(plan) else None
         if progress is not None:
             observers.append(progress)
-        exact_cache = _open_exact_cache() if (opts.cache and has_semantic(plan)) else None
+        exact_cache = None
+        if opts.cache and has_semantic(plan):
+            exact_cache = _open_cache(("segments", self.shared_cache)) if self.shared_cache else _open_exact_cache()
         recorder = LineageRecorder(enabled=opts.lineage)
         return _PoolContext(engine=eng, options=opts, recorder=recorder, progress=progress, machine=machine,
                             resolver=AnswerResolver(eng, exact_cache=exact_cache, recorder=recorder,
@@ -551,7 +567,10 @@ class RayRowStep(PhysicalOp):
             else pa.nulls(n, pa.uint32()),
             "key": pa.array(keys, pa.string()),
         })
-        cache_dir = str(config.cache_dir().resolve()) if info.exact_cache and opts.cache else None
+        cache_dir = None
+        if info.exact_cache and opts.cache:
+            cache_dir = (("segments", ex.shared_cache) if ex.shared_cache
+                         else ("duckdb", str(config.cache_dir().resolve())))
         template = replace(info, metrics=StepMetrics(step=info.index, operator=info.operator, column=info.column),
                            engine=None)
         data_ctx = ray.data.DataContext.get_current()
@@ -594,7 +613,35 @@ class RayRowStep(PhysicalOp):
         return answers, counters  # type: ignore[return-value]
 
 
-def _map(ds: Any, data: Any, spec: Any, builder: Any, info: StepInfo, cache_dir: str | None, opts: RunOptions,
+def _shared_cache_dir(where: str | os.PathLike | None) -> str | None:
+    """``RayExecutor(shared_cache=...)`` as an absolute directory path (None: none)."""
+    if where is None:
+        return None
+    text = os.fspath(where)
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"RayExecutor: shared_cache must be a directory path, got {where!r}")
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    elif "://" in text:
+        raise ValueError(f"RayExecutor: shared_cache={where!r}: only a directory (or a file:// URL) is built; "
+                         "mount the object store on every node (s3fs, gcsfuse) and pass the mounted path")
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def _open_cache(spec: tuple[str, str]) -> Any:
+    """The exact cache a spec names: ("segments", dir) a SegmentCache, ("duckdb", dir) the DuckDB one."""
+    kind, where = spec
+    if kind == "segments":
+        from semframe.cache.segments import SegmentCache
+
+        return SegmentCache(where)
+    from semframe.cache import open_exact_cache
+
+    return open_exact_cache(where)
+
+
+def _map(ds: Any, data: Any, spec: Any, builder: Any, info: StepInfo, cache_dir: tuple[str, str] | None,
+         opts: RunOptions,
          ex: RayExecutor, actors: int) -> Any:
     """The step as ``map_batches`` on an actor pool of ``actors`` actors."""
     return ds.map_batches(
@@ -616,18 +663,15 @@ def _reused(answer: Outcome, key: str, source_row_id: Any) -> Outcome:
 
 class StepActor:
     """A Ray Data actor: one engine, built once, answering one step's requests per Arrow batch
-    through an :class:`~semframe.execution.resolver.AnswerResolver` over the shared exact cache."""
+    through an :class:`~semframe.execution.resolver.AnswerResolver` over the shared exact cache
+    (``cache_dir``: ("duckdb", the cache directory) or ("segments", ``RayExecutor(shared_cache=)``))."""
 
-    def __init__(self, engine_spec: Any, builder: Any, info: StepInfo, cache_dir: str | None, on_error: str,
-                 memo_size: int):
+    def __init__(self, engine_spec: Any, builder: Any, info: StepInfo, cache_dir: tuple[str, str] | None,
+                 on_error: str, memo_size: int):
         self.engine = build_engine(engine_spec)
         self.builder = builder
         self.info = info
-        cache = None
-        if cache_dir is not None:
-            from semframe.cache import open_exact_cache
-
-            cache = open_exact_cache(cache_dir)
+        cache = _open_cache(cache_dir) if cache_dir is not None else None
         self.resolver = AnswerResolver(self.engine, exact_cache=cache, on_error=on_error, memo_size=memo_size)
 
     def __call__(self, table: Any) -> Any:
