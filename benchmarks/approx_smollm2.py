@@ -121,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, proxy, target in (("learned (MiniLM + logistic regression)", embedder, TARGET),
                                 ("learned, accuracy >= 0.8", embedder, {**TARGET, "accuracy": 0.8}),
                                 ("cascade (bf16)", cheap, TARGET),
-                                ("combined [learned, cascade]", [embedder, cheap], TARGET)):
+                                ("combined [learned, cascade]", [embedder, cheap], TARGET),
+                                # the nearest answered neighbour embeds with the default embedder
+                                # (sf.configure(embedding_model=...)); in a list it shares `embedder`
+                                ("neighbour (nearest answered row)", "neighbour", TARGET),
+                                ("combined [neighbour, learned, cascade]", ["neighbour", embedder, cheap], TARGET)):
         result, seconds = _timed(classify(approx=sf.Target(**target), proxy=proxy), oracle)
         rows.append(_classify_row(name, result, seconds, reference, calls))
         log(f"{name}: {rows[-1]['oracle_calls']} oracle calls, {seconds:.1f} s, agreement {rows[-1]['agreement']:.3f}")

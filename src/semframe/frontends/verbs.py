@@ -76,9 +76,10 @@ class SemanticVerbs(JoinVerbs, AggregateVerbs, RankingVerbs, EmbeddingVerbs, Clu
             With ``approx``: ``None`` / ``"learned"`` (logistic regression on embeddings of the
             default embedder, trained on the calibration answers), an embedding engine (the
             learned proxy on its embeddings, e.g. ``sf.HashingEmbedder()``), a cheaper engine
-            (or engine name) for a cascade, or a list of those (``[sf.HashingEmbedder(), "small"]``):
-            combined sources, each answering the rows it is certified for that no earlier one
-            answered, the engine the rest.
+            (or engine name) for a cascade, ``"neighbour"`` (the oracle answer of the most similar
+            reference row of the calibration sample, scored by that cosine similarity), or a list
+            of those (``[sf.HashingEmbedder(), "small"]``): combined sources, each answering the
+            rows it is certified for that no earlier one answered, the engine the rest.
 
         Examples
         --------

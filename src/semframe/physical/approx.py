@@ -12,7 +12,9 @@ over its whole input (it needs every row to draw the sample):
    already answered;
 3. **proxy scores** for every row: the *learned proxy* (embeddings of the row's text, then
    scikit-learn's ``LogisticRegression``, a well-kept implementation, trained on the oracle
-   answers of half the sample; its score is its largest class probability) or a *cascade*
+   answers of half the sample; its score is its largest class probability), the *nearest answered
+   neighbour* (``"neighbour"``: the oracle answer of the most similar of half the sample, never a
+   row with the same text; its score is that cosine similarity) or a *cascade*
    (a cheaper engine asked the same request under the same labels; its score is the probability
    of the label it chose, ``Completion.probabilities``);
 4. **certify** a score threshold on the calibration rows the proxy was not trained on
@@ -63,12 +65,15 @@ from semframe.execution.render import render_texts
 from semframe.execution.resolver import StepInfo
 from semframe.physical.base import EstimateContext, EstState
 from semframe.physical.semantic import ClassifyOp, FilterOp, StepRun, gather, physical_for
-from semframe.plan.approx import LEARNED, SemApproxClassify, SemApproxFilter
+from semframe.plan.approx import LEARNED, NEIGHBOUR, SemApproxClassify, SemApproxFilter
 from semframe.plan.embedding import embedder_text
 from semframe.plan.semantic import engine_label
 
-#: Share of the calibration sample the learned proxy trains on (the rest certifies it).
+#: Share of the calibration sample the learned proxy trains on (the rest certifies it); for the
+#: nearest-neighbour source, the share that serves as reference rows (the rows whose answers it gives).
 TRAIN_SHARE = 0.5
+#: Query rows per block when the nearest-neighbour source compares rows with its reference rows.
+NEIGHBOUR_BLOCK = 4096
 
 
 def _join(*notes: str | None) -> str | None:
@@ -107,7 +112,14 @@ class _Decision:
 
 
 def _kind(source: Any) -> str:
-    return "proxy" if source in LEARNED else "cascade"
+    """How the step's notes name a source: ``proxy`` (learned), ``neighbour`` or ``cascade``."""
+    return "proxy" if source in LEARNED else "neighbour" if source == NEIGHBOUR else "cascade"
+
+
+def _lineage_source(source: Any) -> str:
+    """The lineage ``source`` of a source's answers: the neighbour's are ``proxy`` answers too (its
+    note names the neighbour row and the similarity)."""
+    return "cascade" if _kind(source) == "cascade" else "proxy"
 
 
 class ApproxRowOp:
@@ -229,19 +241,25 @@ class ApproxRowOp:
     def _source_answers(self, ctx: RunContext, run: StepRun, source: Any, part: list[int], requests: list[Any],
                         texts: list[str | None], row_ids: list[Any] | None, askable: list[int],
                         outcomes: list[Outcome | None], yes: str | None = None,
-                        ) -> tuple[list[int], list[int], dict[int, str], dict[int, float]]:
-        """(training rows, calibration rows, answers, scores) of one source over ``askable``.
+                        ) -> tuple[list[int], list[int], dict[int, str], dict[int, float], dict[int, str]]:
+        """(training rows, calibration rows, answers, scores, per-row notes) of one source over ``askable``.
 
-        The learned proxy trains on half of ``part`` and is calibrated on the other half; a cascade
-        is calibrated on the whole part. ``yes``: score = the probability of that label (a
-        filter's precision/recall target) rather than of the label chosen.
+        The learned proxy trains on half of ``part`` and is calibrated on the other half; the
+        nearest-neighbour source takes half of ``part`` as its reference rows and is calibrated on
+        the other half; a cascade is calibrated on the whole part. ``yes``: score = the
+        probability of that label (a filter's precision/recall target) rather than of the label
+        chosen. The notes (the neighbour's only) say which row gave a row's answer.
         """
-        if source in LEARNED:
+        if source in LEARNED or source == NEIGHBOUR:
             train = set(random.Random(self.node.approx.seed + 1).sample(part, int(len(part) * TRAIN_SHARE)))
+            calibrate = [i for i in part if i not in train]
+            if source == NEIGHBOUR:
+                preds, scores, why = self._neighbour(texts, row_ids, askable, outcomes, sorted(train), yes)
+                return sorted(train), calibrate, preds, scores, why
             preds, scores = self._learned(texts, askable, outcomes, sorted(train), yes)
-            return sorted(train), [i for i in part if i not in train], preds, scores
+            return sorted(train), calibrate, preds, scores, {}
         preds, scores = self._cascade(ctx, run, source, requests, texts, row_ids, askable, yes)
-        return [], list(part), preds, scores
+        return [], list(part), preds, scores, {}
 
     def _certify_accuracy(self, ctx: RunContext, run: StepRun, requests: list[Any], texts: list[str | None],
                           row_ids: list[Any] | None, askable: list[int], sample: list[int], rest: list[int],
@@ -259,9 +277,9 @@ class ApproxRowOp:
         belows: list[str] = []
         certs = []
         for j, (source, part) in enumerate(zip(sources, self._parts(sample))):
-            kind = _kind(source)
-            _, calibrate, preds, scores = self._source_answers(ctx, run, source, part, requests, texts, row_ids,
-                                                               askable, outcomes)
+            kind, lineage = _kind(source), _lineage_source(source)
+            _, calibrate, preds, scores, row_notes = self._source_answers(ctx, run, source, part, requests, texts,
+                                                                          row_ids, askable, outcomes)
             for i in part:
                 if i in scores:
                     shown[i] = scores[i]
@@ -282,7 +300,7 @@ class ApproxRowOp:
             answered = 0
             for i in region:
                 if t is not None and scores[i] >= t and texts[i] not in sampled:
-                    proxied[i] = (preds[i], kind, scores[i], why)
+                    proxied[i] = (preds[i], lineage, scores[i], _join(row_notes.get(i), why))
                     answered += 1
                 if i not in shown:
                     shown[i] = scores[i]
@@ -316,9 +334,9 @@ class ApproxRowOp:
         """Precision and/or recall target of a filter (SUPG): thresholds of the proxy's YES score."""
         node, target = self.node, self.node.approx
         source = node.sources[0]
-        kind = _kind(source)
-        train, calibrate, preds, scores = self._source_answers(ctx, run, source, sample, requests, texts, row_ids,
-                                                               askable, outcomes, yes="YES")
+        kind, lineage = _kind(source), _lineage_source(source)
+        train, calibrate, preds, scores, row_notes = self._source_answers(ctx, run, source, sample, requests, texts,
+                                                                          row_ids, askable, outcomes, yes="YES")
         positive = {i: outcomes[i].value == "YES" for i in sample}  # type: ignore[union-attr]
         usable = [i for i in calibrate if i in scores]
         calibrated = set(usable)
@@ -350,9 +368,9 @@ class ApproxRowOp:
             if texts[i] in sampled:
                 continue
             if t_keep is not None and scores[i] >= t_keep:
-                proxied[i] = ("YES", kind, scores[i], keep_why)
+                proxied[i] = ("YES", lineage, scores[i], _join(row_notes.get(i), keep_why))
             elif t_drop is not None and scores[i] < t_drop:
-                proxied[i] = ("NO", kind, scores[i], drop_why)
+                proxied[i] = ("NO", lineage, scores[i], _join(row_notes.get(i), drop_why))
         if t_keep is None and t_drop is None:
             band = f"no {kind} threshold certified: asked the oracle"
         else:
@@ -387,7 +405,54 @@ class ApproxRowOp:
     def _source_name(self, source: Any) -> str:
         if source in LEARNED:
             return f"learned:{embedder_text(self.node.embedder)}"
+        if source == NEIGHBOUR:
+            return f"neighbour:{embedder_text(self.node.embedder)}"
         return engine_label(source)
+
+    def _neighbour(self, texts: list[str | None], row_ids: list[Any] | None, askable: list[int],
+                   outcomes: list[Outcome | None], reference: list[int], yes: str | None = None,
+                   ) -> tuple[dict[int, str], dict[int, float], dict[int, str]]:
+        """The nearest answered neighbour: each row outside ``reference`` takes the oracle answer of
+        the reference row most similar to it (cosine similarity of embeddings), never one with
+        the same text; its score is that similarity (with ``yes``: ``(1 + s) / 2`` if the answer
+        is that label, else ``(1 - s) / 2``, a YES score). Reference rows get no answer of their own.
+
+        Every row outside the reference set is treated alike (the reference set is drawn at
+        random, the calibration rows are the rest of the sample), so the calibration rows'
+        agreement is a fair sample of the other rows'. Returns (answers, scores, notes).
+        """
+        known = [i for i in reference if outcomes[i].value is not None]  # type: ignore[union-attr]
+        if not known:
+            return {}, {}, {}
+        taken = set(reference)
+        queries = [i for i in askable if i not in taken]
+        distinct = list(dict.fromkeys(texts[i] for i in askable))
+        where = {t: j for j, t in enumerate(distinct)}
+        vectors = self._embed(distinct)  # type: ignore[arg-type]
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        unit = vectors / np.maximum(norms, 1e-12)
+        ref_text = np.array([where[texts[i]] for i in known])
+        refs = unit[ref_text]
+        preds: dict[int, str] = {}
+        scores: dict[int, float] = {}
+        notes: dict[int, str] = {}
+        for lo in range(0, len(queries), NEIGHBOUR_BLOCK):
+            block = queries[lo:lo + NEIGHBOUR_BLOCK]
+            q_text = np.array([where[texts[i]] for i in block])
+            sims = unit[q_text] @ refs.T
+            sims[q_text[:, None] == ref_text[None, :]] = -np.inf  # never a row with the same text
+            best = sims.argmax(axis=1)
+            for i, b, s in zip(block, best, sims[np.arange(len(block)), best]):
+                if not np.isfinite(s):
+                    continue  # every reference row has this row's text
+                ref = known[int(b)]
+                value = outcomes[ref].value  # type: ignore[union-attr]
+                preds[i] = value  # type: ignore[assignment]
+                sim = float(s)
+                scores[i] = sim if yes is None else (1.0 + sim) / 2 if value == yes else (1.0 - sim) / 2
+                shown = ref if row_ids is None else row_ids[ref]
+                notes[i] = f"neighbour row {shown}, similarity {sim:.3f}"
+        return preds, scores, notes
 
     def _learned(self, texts: list[str | None], askable: list[int], outcomes: list[Outcome | None],
                  train: list[int], yes: str | None = None) -> tuple[dict[int, str], dict[int, float]]:

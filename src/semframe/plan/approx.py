@@ -14,9 +14,12 @@ Proxies (``proxy=``):
 - ``None`` or ``"learned"``: a learned proxy, logistic regression over embeddings of each row's
   text (``embedder=``: an embedding engine or model name; None: the configured default),
   trained on oracle answers of part of the calibration sample;
+- ``"neighbour"``: the nearest already-answered neighbour, each row taking the oracle's answer of
+  the most similar reference row (a part of the calibration sample) by cosine similarity of
+  embeddings (``embedder=`` as for the learned proxy); its score is that similarity;
 - an engine, or a registered engine name: a model cascade, a cheaper engine asked the same
   question under the same labels; its score is its probability of the label it chose;
-- a list of those (``proxy=["learned", "small"]``): combined sources, each answering the rows it
+- a list of those (``proxy=["neighbour", "learned", "small"]``): combined sources, each answering the rows it
   is certified for that no earlier source answered (accuracy targets only).
 """
 
@@ -32,6 +35,10 @@ from semframe.plan.semantic import SemClassify, SemFilter, engine_label
 
 #: ``proxy=`` values that mean the learned proxy.
 LEARNED = (None, "learned")
+#: The ``proxy=`` value that means the nearest answered neighbour.
+NEIGHBOUR = "neighbour"
+#: Sources that embed the row's text (with ``embedder=``).
+EMBEDDED = (*LEARNED, NEIGHBOUR)
 
 
 @dataclass(frozen=True, repr=False)
@@ -209,17 +216,21 @@ class ApproxStep:
         if sum(s in LEARNED for s in sources) > 1:
             raise PlanError(f"{where}: proxy= names the learned proxy twice; give it once (with embedder= "
                             "or an embedding engine for its vectors)")
-        if self.embedder is not None and not any(s in LEARNED for s in sources):
-            raise PlanError(f"{where}: embedder= is for the learned proxy; a cascade (proxy=engine) takes none")
+        if sum(s == NEIGHBOUR for s in sources) > 1:
+            raise PlanError(f"{where}: proxy= names 'neighbour' twice; give it once")
+        if self.embedder is not None and not any(s in EMBEDDED for s in sources):
+            raise PlanError(f"{where}: embedder= is for the learned proxy and 'neighbour'; a cascade "
+                            "(proxy=engine) takes none")
         if self.approx.kind != "accuracy" and len(sources) > 1:
             raise PlanError(f"{where}: a {self.approx.kind} target takes one proxy source; combined sources "
                             "(proxy=[...]) take an accuracy target (sf.Target(accuracy=...))")
 
     @property
     def sources(self) -> tuple[Any, ...]:
-        """The proxy sources in the order they answer: ``"learned"`` or an engine (name)."""
+        """The proxy sources in the order they answer: ``"learned"``, ``"neighbour"`` (also spelled
+        ``"neighbor"``) or an engine (name)."""
         items = self.proxy if isinstance(self.proxy, tuple) else (self.proxy,)
-        return tuple("learned" if s is None else s for s in items)
+        return tuple("learned" if s is None else NEIGHBOUR if s == "neighbor" else s for s in items)
 
     @property
     def is_learned(self) -> bool:
@@ -235,6 +246,10 @@ class ApproxStep:
         """How explain() and lineage notes name one source."""
         if source in LEARNED:
             return f"learned proxy (logistic regression on {embedder_text(self.embedder)} embeddings)"
+        if source == NEIGHBOUR:
+            return (f"nearest answered neighbour (the oracle's answer of the most similar reference row of the "
+                    f"calibration sample, cosine similarity of {embedder_text(self.embedder)} embeddings; "
+                    "score = that similarity)")
         return f"cascade (engine {engine_label(source)}, same labels, score = its label probability)"
 
     def source_text(self) -> str:
