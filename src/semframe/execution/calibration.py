@@ -272,27 +272,41 @@ def certify_threshold(scores: Sequence[float] | np.ndarray, correct: Sequence[bo
                if min_rows is None else min_rows)
     pop = None if population is None else np.asarray(population, dtype=float)
     ks, kc = np.asarray(known_scores, dtype=float), np.asarray(known_correct, dtype=bool)
-    tested: list[tuple[float, int, int, float, bool]] = []
-    best: tuple[float, int, int, float] | None = None
-    for t in thresholds:
+
+    def test(t: float) -> tuple[int, int, float] | None:
         above = s >= t
         n = int(above.sum())
         if n < need:
-            continue  # cannot certify even if all were right: passed over (reads scores only)
+            return None  # cannot certify even if all were right: passed over (reads scores only)
         k = int(ok[above].sum())
         if pop is None:
-            bound = clopper_pearson_lower(k, n, confidence)
-        else:
-            bound = _table_bound(k, n, int((pop >= t).sum()), ks >= t, kc, confidence)
-        passed = bound >= accuracy
+            return n, k, clopper_pearson_lower(k, n, confidence)
+        return n, k, _table_bound(k, n, int((pop >= t).sum()), ks >= t, kc, confidence)
+
+    return _fixed_sequence(thresholds, test, accuracy, confidence, int(s.size), "accuracy")
+
+
+def _fixed_sequence(order: Sequence[float], test: Any, target: float, confidence: float, calibration_rows: int,
+                    measure: str) -> Certification:
+    """Fixed-sequence testing: ``test(t)`` gives ``(rows, right, lower bound)`` at each threshold
+    in ``order`` (None: passed over untested); testing stops at the first bound below ``target``,
+    and the last threshold that passed is the certified one."""
+    tested: list[tuple[float, int, int, float, bool]] = []
+    best: tuple[float, int, int, float] | None = None
+    for t in order:
+        got = test(t)
+        if got is None:
+            continue
+        n, k, bound = got
+        passed = bound >= target
         tested.append((float(t), n, k, bound, passed))
         if not passed:
             break
         best = (float(t), n, k, bound)
     if best is None:
-        return Certification(None, accuracy, confidence, int(s.size), tested=tuple(tested))
-    t, n, k, bound = best
-    return Certification(t, accuracy, confidence, int(s.size), n, k, bound, tuple(tested))
+        return Certification(None, target, confidence, calibration_rows, tested=tuple(tested), measure=measure)
+    return Certification(best[0], target, confidence, calibration_rows, best[1], best[2], best[3], tuple(tested),
+                         measure=measure)
 
 
 def _table_bound(k: int, n: int, N: int, known_above: np.ndarray, known_correct: np.ndarray,
@@ -413,28 +427,19 @@ def certify_precision(scores: Sequence[float] | np.ndarray, positive: Sequence[b
     _check_target("precision", precision, confidence, thresholds)
     rows = _Rows.of(scores, positive, population, known_scores, known_positive, extra_positives)
     need = max(min_rows_to_certify(precision, confidence), 0 if min_rows is None else min_rows)
-    tested: list[tuple[float, int, int, float, bool]] = []
-    best: tuple[float, int, int, float] | None = None
-    for t in thresholds:
+
+    def test(t: float) -> tuple[int, int, float] | None:
         cal_above = rows.cal >= t
         if int(cal_above.sum()) < need:
-            continue
+            return None
         known_above = rows.known >= t
         pop_above = rows.pop >= t
         low, n, k = rows.unknown_positives_low(pop_above, cal_above, known_above, confidence)
         unchecked = int(pop_above.sum()) - n - int(known_above.sum())
         denom = rows.kept_known + unchecked
-        bound = 1.0 if denom == 0 else (rows.kept_known + low) / denom
-        passed = bound >= precision
-        tested.append((float(t), n, k, bound, passed))
-        if not passed:
-            break
-        best = (float(t), n, k, bound)
-    if best is None:
-        return Certification(None, precision, confidence, int(rows.cal.size), tested=tuple(tested),
-                             measure="precision")
-    return Certification(best[0], precision, confidence, int(rows.cal.size), best[1], best[2], best[3],
-                         tuple(tested), measure="precision")
+        return n, k, 1.0 if denom == 0 else (rows.kept_known + low) / denom
+
+    return _fixed_sequence(thresholds, test, precision, confidence, int(rows.cal.size), "precision")
 
 
 def certify_recall(scores: Sequence[float] | np.ndarray, positive: Sequence[bool] | np.ndarray, *,
@@ -468,25 +473,17 @@ def certify_recall(scores: Sequence[float] | np.ndarray, positive: Sequence[bool
     _check_target("recall", recall, confidence, thresholds)
     rows = _Rows.of(scores, positive, population, known_scores, known_positive, extra_positives)
     half = 1.0 - (1.0 - confidence) / 2
-    tested: list[tuple[float, int, int, float, bool]] = []
-    best: tuple[float, int, int, float] | None = None
-    for t in reversed(thresholds):
+
+    def test(t: float) -> tuple[int, int, float] | None:
         pop_below, cal_below, known_below = rows.pop < t, rows.cal < t, rows.known < t
         if int(pop_below.sum()) - int(cal_below.sum()) - int(known_below.sum()) <= 0:
-            continue  # nothing of unknown answer below t: nothing dropped, nothing to test
+            return None  # nothing of unknown answer below t: nothing dropped, nothing to test
         lost, n, k = rows.unknown_positives_high(pop_below, cal_below, known_below, half)
         above, _, _ = rows.unknown_positives_low(~pop_below, ~cal_below, ~known_below, half)
         kept = rows.kept_known + above
-        bound = 1.0 if kept + lost == 0 else kept / (kept + lost)
-        passed = bound >= recall
-        tested.append((float(t), n, k, bound, passed))
-        if not passed:
-            break
-        best = (float(t), n, k, bound)
-    if best is None:
-        return Certification(None, recall, confidence, int(rows.cal.size), tested=tuple(tested), measure="recall")
-    return Certification(best[0], recall, confidence, int(rows.cal.size), best[1], best[2], best[3],
-                         tuple(tested), measure="recall")
+        return n, k, 1.0 if kept + lost == 0 else kept / (kept + lost)
+
+    return _fixed_sequence(list(reversed(thresholds)), test, recall, confidence, int(rows.cal.size), "recall")
 
 
 def default_sample_size(rows: int) -> int:
