@@ -203,10 +203,7 @@ class AnswerResolver:
         batch = [keyed[gk] for gk in order]
         engine = self.engine_of(step)
         if overlap and self.pipeline and engine.pipelined:
-            if step.metrics.pricing is None:
-                step.metrics.pricing = engine.pricing
-            for before in self._before:
-                before(step, batch)  # may raise (a budget) before anything is spent
+            self._before_engine(step, batch)
             counts = _Counts()
             future = self._pool(engine).submit(self._generate, step, batch, counts)
             handle._send(order, pending, keyed, batch, future, counts)
@@ -568,10 +565,7 @@ class AnswerResolver:
         """One engine call; answers go to the exact cache (under ``cache_keys``) as soon as it returns."""
         if not batch:
             return []
-        if step.metrics.pricing is None:  # the step is billed as its engine is: by token or by hour
-            step.metrics.pricing = self.engine_of(step).pricing
-        for before in self._before:
-            before(step, batch)  # may raise (a budget) before anything is spent
+        self._before_engine(step, batch)
         counts = _Counts()
         try:
             completions = self._generate(step, batch, counts)
@@ -579,6 +573,12 @@ class AnswerResolver:
             counts.apply(step.metrics)
         self._after_engine(step, batch, cache_keys, completions)
         return completions
+
+    def _before_engine(self, step: StepInfo, batch: list[Request]) -> None:
+        if step.metrics.pricing is None:  # the step is billed as its engine is: by token or by hour
+            step.metrics.pricing = self.engine_of(step).pricing
+        for before in self._before:
+            before(step, batch)  # may raise (a budget) before anything is spent
 
     def _after_engine(self, step: StepInfo, batch: list[Request], cache_keys: list[str],
                       completions: list[Completion]) -> None:
