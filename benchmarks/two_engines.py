@@ -27,23 +27,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import RESULTS, THREADS, log, machine_facts, markdown_table  # noqa: E402
+from benchmarks._protocol import peak_rss_mib  # noqa: E402
 from benchmarks.report import environment_block  # noqa: E402
 
 INSTRUCTION = "Is the news headline below about sport?"
 FILTER = "The headline is about money or business."
 
 
-def _status_mib(field: str) -> float:
-    """A memory figure of this process from /proc/self/status (``VmRSS``: now, ``VmHWM``: peak)."""
+def rss_mib() -> float:
+    """Resident memory of this process now, in MiB (``VmRSS``; the peak: ``peak_rss_mib``)."""
     with open("/proc/self/status", encoding="ascii") as f:
         for line in f:
-            if line.startswith(field + ":"):
+            if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
-
-
-def rss_mib() -> float:
-    return _status_mib("VmRSS")
 
 
 def worker(rows: int) -> dict[str, Any]:
@@ -90,14 +87,10 @@ def worker(rows: int) -> dict[str, Any]:
                 r["requests"][key] = r["requests"].get(key, 0) + m.engine_requests
     out["runs"] = runs
     out["rows"] = 2 * rows
-    out["rss_mib"]["peak"] = _peak()
+    out["rss_mib"]["peak"] = peak_rss_mib()
     for engine in engines.values():
         engine.close()
     return out
-
-
-def _peak() -> float:
-    return _status_mib("VmHWM")
 
 
 def main() -> None:
