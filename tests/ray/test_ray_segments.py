@@ -42,6 +42,28 @@ def test_a_data_mode_rerun_is_answered_by_the_segments(ray_cluster, tmp_path: Pa
     assert pooled.df.equals(first.df)
 
 
-def test_an_object_store_url_is_refused_with_the_fix():
-    with pytest.raises(ValueError, match="mount the object store"):
-        sf.RayExecutor(shared_cache="s3://bucket/answers")
+def test_a_data_mode_run_shares_answer_segments_on_an_object_store(ray_cluster):
+    """The same, with the segments in an S3 bucket (moto's server on loopback): the actors write
+    them there, a pool-mode rerun reads them back, and the URL's credentials stay out of sight."""
+    moto_server = pytest.importorskip("moto.server", reason='moto[server] is not installed')
+    pafs = pytest.importorskip("pyarrow.fs")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"{host}:{port}"
+        pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key="testing", secret_key="testing",
+                          region="us-east-1", allow_bucket_creation=True).create_dir("answers")
+        # Credentials in the URL: the actors run in other processes, without this test's environment.
+        url = f"s3://testing:s3cr3t-in-url@answers/run?endpoint_override={endpoint}&scheme=http&region=us-east-1"
+        executor = sf.RayExecutor(num_actors=2, batch_size=8, mode="data", shared_cache=url)
+        assert "s3cr3t-in-url" not in repr(executor)
+        first = _plan().run("deterministic", executor=executor)
+        assert first.metrics["engine_requests"].item() == 23
+        assert SegmentCache(url).count() == 23 and len(SegmentCache(url).segments()) >= 2
+        assert open_exact_cache().count() == 0
+        pooled = _plan().run("deterministic", executor=sf.RayExecutor(num_actors=1, mode="pool", shared_cache=url))
+        assert pooled.metrics["engine_requests"].item() == 0 and pooled.metrics["exact_cache_hits"].item() == 23
+        assert pooled.df.equals(first.df)
+    finally:
+        server.stop()

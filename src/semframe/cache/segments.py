@@ -4,7 +4,8 @@ The DuckDB exact cache (:mod:`semframe.cache.exact`) is one file that one proces
 the lock of; workers on other machines cannot share it. A :class:`SegmentCache` has the same
 interface (``get_many(fingerprint, keys)``, ``put_many(fingerprint, [(key, request,
 completion)])``) over a directory that every worker can reach (a shared file system: NFS, a
-mounted bucket):
+mounted bucket) or an object store by URL (``s3://bucket/prefix``, ``gs://bucket/prefix``: any
+URL ``pyarrow.fs.FileSystem.from_uri`` opens; see "On an object store" below):
 
 - each ``put_many`` writes **one new file**, ``<dir>/segments/<name>.arrow`` (an Arrow IPC file
   of the batch's answers in the DuckDB store's stored form: fingerprint, request key, value JSON,
@@ -24,6 +25,29 @@ cache does). Two different answers for one key only happen when two workers aske
 request at once and the engine is not deterministic; each reader then returns one of them
 (never a mix of the two), the same one for the rest of its life.
 
+On an object store (a URL other than ``file://``) the layout, the names and the rules above are
+the same; what differs is how a segment is published and what the store promises:
+
+- a segment is serialized in memory and uploaded as one object
+  (``fs.open_output_stream(<prefix>/segments/<name>.arrow)``, one write, then close). An S3 or
+  GCS object becomes visible only when its upload completes, so there is no ``.tmp`` object and
+  no rename (S3 has no atomic rename): a reader lists a whole segment or none. A writer that
+  dies mid-upload leaves nothing visible (an incomplete multipart upload is not an object; a
+  bucket lifecycle rule "abort incomplete multipart uploads" removes its parts). One exception
+  pyarrow cannot rule out: a stream pyarrow drops is *closed*, not aborted (it has no abort), so
+  an upload interrupted by an exception in this process could publish a prefix of the file; the
+  writer deletes it at once, and any reader skips an object that is not a whole Arrow file (its
+  footer is missing) with a warning; :meth:`SegmentCache.compact` deletes such objects once they
+  are older than ``stale_tmp_seconds``.
+- S3 (since December 2020) and GCS give strong read-after-write and list-after-write
+  consistency: once ``put_many`` returns, every reader's next listing has the segment. A segment
+  a compaction deletes between a reader's opening and reading it (S3 answers ``NO_SUCH_KEY``, a
+  plain error) counts as merged, as a file deleted on a disk does: the listing is taken again.
+- the URL may carry credentials (``s3://KEY:SECRET@bucket/...``); the cache keeps it privately
+  and shows only :func:`redact_url`'s form (in ``repr``, ``directory``, messages and logs).
+  Prefer the environment (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` /
+  ``AWS_SESSION_TOKEN``, an instance role, ``GOOGLE_APPLICATION_CREDENTIALS``).
+
 Examples
 --------
 >>> import tempfile
@@ -40,6 +64,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -49,14 +74,15 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from semframe.cache.store import loaded_probabilities, probabilities_json, storable_answers
 from semframe.engines.base import Completion, Request
 
-__all__ = ["SEGMENTS_DIR", "SegmentCache"]
+__all__ = ["SEGMENTS_DIR", "SegmentCache", "check_url", "redact_url"]
 
 logger = logging.getLogger("semframe")
 
@@ -72,6 +98,122 @@ _HOST = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:40] or "host"
 
 # One stored answer: value JSON, raw output, finish reason, prompt tokens, output tokens, probabilities JSON.
 _Row = tuple[str, "str | None", "str | None", int, int, "str | None"]
+
+#: Query parameters of a URL whose values are credentials (shown as ``***``).
+_SECRET_PARAMS = frozenset({"access_key", "secret_key", "session_token", "password", "token", "account_key",
+                            "sas_token", "client_secret"})
+
+
+def _split_url(url: str) -> tuple[str, str, str, str]:
+    """``scheme://[userinfo@]rest``: (scheme, userinfo, rest up to the query, "?query#fragment")."""
+    scheme, _sep, rest = url.partition("://")
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    head, tail = rest[:cut], rest[cut:]
+    userinfo, at, host = head.rpartition("@")  # the last "@" before the query ends the userinfo
+    return scheme, userinfo if at else "", host if at else head, tail
+
+
+def redact_url(url: str) -> str:
+    """``url`` as it may be shown: userinfo (``KEY:SECRET@``) dropped, the values of credential
+    query parameters (``access_key``, ``secret_key``, ``session_token``, ...) replaced by ``***``.
+
+    Examples
+    --------
+    >>> redact_url("s3://AKIDEXAMPLE:wJalrXUtn/K7MDENG@bucket/answers?region=eu-west-1")
+    's3://bucket/answers?region=eu-west-1'
+    >>> redact_url("s3://bucket/answers?access_key=AKID&secret_key=abc%2Fdef&scheme=http")
+    's3://bucket/answers?access_key=***&secret_key=***&scheme=http'
+    >>> redact_url("/mnt/shared/answers")
+    '/mnt/shared/answers'
+    """
+    if "://" not in url:
+        return url
+    scheme, _userinfo, rest, tail = _split_url(url)
+    query, hash_, fragment = tail[1:].partition("#") if tail.startswith("?") else ("", "", tail[1:])
+    pieces = []
+    for piece in query.split("&") if query else []:
+        key, eq, value = piece.partition("=")
+        pieces.append(f"{key}=***" if eq and value and unquote(key).lower() in _SECRET_PARAMS else piece)
+    shown = f"{scheme}://{rest}"
+    if tail.startswith("?"):
+        shown += "?" + "&".join(pieces)
+        if hash_:
+            shown += "#" + fragment
+    elif tail:
+        shown += "#" + fragment
+    return shown
+
+
+def _secrets(url: str) -> list[str]:
+    """The credential strings in ``url`` (raw and percent-decoded), longest first."""
+    if "://" not in url:
+        return []
+    _scheme, userinfo, _rest, tail = _split_url(url)
+    found = {userinfo, *userinfo.split(":")}
+    query = tail[1:].partition("#")[0] if tail.startswith("?") else ""
+    for piece in query.split("&") if query else []:
+        key, eq, value = piece.partition("=")
+        if eq and unquote(key).lower() in _SECRET_PARAMS:
+            found.add(value)
+    found |= {unquote(s) for s in found}
+    return sorted((s for s in found if s), key=len, reverse=True)
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` (an error message) with ``url`` redacted and any credential in it replaced."""
+    text = text.replace(url, redact_url(url))
+    for secret in _secrets(url):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _open_url(url: str, what: str = "SegmentCache") -> tuple[Any, str]:
+    """``pyarrow.fs.FileSystem.from_uri(url)``: (filesystem, path); a ValueError naming ``what``,
+    with the URL redacted, when pyarrow cannot open it."""
+    from pyarrow import fs as pafs
+
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(url)
+    except Exception as exc:  # ArrowInvalid (bad URL, unknown scheme or option), OSError (a lookup)
+        message = _scrub(str(exc), url).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{what}={redact_url(url)!r}: pyarrow cannot open this URL ({message}); give a "
+                         "directory, or an object-store URL such as 's3://bucket/prefix' or "
+                         "'gs://bucket/prefix'") from None
+    if not isinstance(filesystem, pafs.LocalFileSystem) and not path.strip("/"):
+        raise ValueError(f"{what}={redact_url(url)!r}: the URL names no bucket (s3://bucket/prefix)")
+    return filesystem, path
+
+
+def check_url(url: str, what: str = "SegmentCache") -> None:
+    """Raise a ValueError naming ``what`` (credentials redacted) when ``url`` is not one pyarrow
+    opens -- without touching the network: an ``s3://`` URL with neither ``region=`` nor
+    ``endpoint_override=`` is checked as if it had ``region=`` (pyarrow would otherwise ask S3
+    for the bucket's region).
+
+    Examples
+    --------
+    >>> check_url("s3://bucket/answers?region=eu-west-1")
+    >>> check_url("nosuch://x", what="shared_cache")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: shared_cache='nosuch://x': pyarrow cannot open this URL (Unrecognized filesystem type...
+    """
+    probe = url
+    if url.split("://", 1)[0].lower() == "s3":
+        tail = _split_url(url)[3]
+        query = tail[1:].partition("#")[0] if tail.startswith("?") else ""
+        names = {unquote(p.partition("=")[0]) for p in query.split("&") if p}
+        if not names & {"region", "endpoint_override"}:
+            head, hash_, fragment = url.partition("#")
+            probe = head + ("&" if "?" in head else "?") + "region=us-east-1" + hash_ + fragment
+    try:
+        _open_url(probe, what)
+    except ValueError as exc:  # name the URL as given (redacted), not the probe
+        raise ValueError(str(exc).replace(redact_url(probe), redact_url(url))) from None
+
+
+class _Unreadable(Exception):
+    """A listed object-store segment that is not a whole Arrow file (an upload published part-way)."""
 
 
 def _schema() -> Any:
@@ -130,12 +272,21 @@ class SegmentCache:
     ----------
     directory
         A directory every worker can read and write (created if missing); the segments go to
-        ``<directory>/segments/``. A ``file://`` URL is taken as its path.
+        ``<directory>/segments/``. A ``file://`` URL is taken as its path. Any other URL is an
+        object store opened with ``pyarrow.fs.FileSystem.from_uri`` (``s3://bucket/prefix``,
+        ``s3://bucket/prefix?region=eu-west-1``, ``s3://bucket/prefix?endpoint_override=host:9000
+        &scheme=http`` for MinIO and the like, ``gs://bucket/prefix``); the segments go to
+        ``<prefix>/segments/`` (nothing to create: a prefix exists once an object is under it).
+        Credentials come from the environment (``AWS_ACCESS_KEY_ID`` ...; recommended) or the
+        URL (``s3://KEY:SECRET@bucket/...``), which is then never shown: ``repr``,
+        :attr:`directory` and messages give :func:`redact_url`'s form. Without ``region=`` (or an
+        ``endpoint_override=``) pyarrow asks S3 for the bucket's region when the cache opens.
     model
         Recorded beside each answer, for people reading the segments (not part of the key).
     fsync
         Flush each segment (and the directory) to disk before it counts as written, so an answer
-        also survives the machine's crash, not only the process's (a few ms a batch).
+        also survives the machine's crash, not only the process's (a few ms a batch). On an
+        object store a segment is durable once its upload completes; ``fsync`` does nothing.
 
     Examples
     --------
@@ -150,36 +301,79 @@ class SegmentCache:
 
     def __init__(self, directory: str | os.PathLike, *, model: str = "", fsync: bool = True):
         text = os.fspath(directory)
+        self._fs: Any = None  # a pyarrow FileSystem for an object store; None: a local directory
+        self._url = ""  # the URL as given (it may hold credentials): never shown
+        self._root = ""  # the segments' "directory" on self._fs
         if isinstance(text, str) and text.startswith("file://"):
             text = text[len("file://"):]
-        self.directory = Path(text).expanduser()
+        elif isinstance(text, str) and "://" in text:
+            from pyarrow import fs as pafs
+
+            filesystem, prefix = _open_url(text)
+            if isinstance(filesystem, pafs.LocalFileSystem):  # a local path after all: rename, fsync
+                text = prefix
+            else:
+                self._fs, self._url = filesystem, text
+                self._root = f"{prefix.rstrip('/')}/{SEGMENTS_DIR}"
         self.model = model
         self.fsync = fsync
         self._lock = threading.RLock()
         self._read: set[str] = set()  # segment names already in the index
         self._index: dict[str, dict[str, _Row]] = {}  # fingerprint -> key -> stored answer
-        self.segments_dir.mkdir(parents=True, exist_ok=True)
+        if self._fs is not None:
+            #: The cache's place: a local directory, or an object store's URL with its credentials
+            #: redacted (:func:`redact_url`; enough to open it again when they come from the environment).
+            self.directory: Path | str = redact_url(text)
+            return
+        self.directory = Path(text).expanduser()
+        Path(self.segments_dir).mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
         return f"SegmentCache({str(self.directory)!r})"
 
     @property
-    def path(self) -> Path:
-        """The directory the segments live in."""
+    def path(self) -> Path | str:
+        """The directory the segments live in (on an object store: its redacted URL)."""
         return self.segments_dir
 
     @property
-    def segments_dir(self) -> Path:
-        return self.directory / SEGMENTS_DIR
+    def segments_dir(self) -> Path | str:
+        if self._fs is None:
+            return Path(self.directory) / SEGMENTS_DIR
+        scheme, _userinfo, rest, tail = _split_url(str(self.directory))
+        return f"{scheme}://{rest.rstrip('/')}/{SEGMENTS_DIR}{tail}"
+
+    @contextlib.contextmanager
+    def _scrubbed(self) -> Iterator[None]:
+        """Object-store calls: an error whose message holds the URL's credentials is raised again
+        (same type) with them replaced."""
+        try:
+            yield
+        except Exception as exc:
+            message = str(exc)
+            if not self._url or _scrub(message, self._url) == message:
+                raise
+            try:
+                clean = type(exc)(_scrub(message, self._url))
+            except Exception:  # an exception type that wants other arguments
+                clean = OSError(_scrub(message, self._url))
+            raise clean from None
 
     # ------------------------------------------------------------------ reading
 
     def segments(self) -> list[str]:
         """The names of the whole segments now in the directory, in name order (oldest first)."""
-        try:
-            names = os.listdir(self.segments_dir)
-        except FileNotFoundError:
-            return []
+        if self._fs is not None:
+            from pyarrow import fs as pafs
+
+            with self._scrubbed():
+                infos = self._fs.get_file_info(pafs.FileSelector(self._root, allow_not_found=True))
+            names = [i.base_name for i in infos if i.type == pafs.FileType.File]
+        else:
+            try:
+                names = os.listdir(self.segments_dir)
+            except FileNotFoundError:
+                return []
         return sorted(n for n in names if n.endswith(_SUFFIX) and not n.startswith("."))
 
     def refresh(self) -> int:
@@ -200,6 +394,11 @@ class SegmentCache:
                     except FileNotFoundError:
                         gone = True
                         continue
+                    except _Unreadable:  # never whole: skipped for good (objects do not change)
+                        logger.warning("semframe: segment %s under %s is not a whole Arrow file (an upload "
+                                       "cut short); ignored", name, self.segments_dir)
+                        self._read.add(name)
+                        continue
                     _add_rows(self._index, table)
                     self._read.add(name)
                     read += 1
@@ -210,8 +409,25 @@ class SegmentCache:
     def _load(self, name: str) -> Any:
         import pyarrow as pa
 
-        with pa.OSFile(str(self.segments_dir / name), "rb") as f:
-            return pa.ipc.open_file(f).read_all()
+        if self._fs is None:
+            with pa.OSFile(str(Path(self.segments_dir) / name), "rb") as f:
+                return pa.ipc.open_file(f).read_all()
+        from pyarrow import fs as pafs
+
+        path = f"{self._root}/{name}"
+        with self._scrubbed():
+            try:
+                with self._fs.open_input_file(path) as f:
+                    try:
+                        return pa.ipc.open_file(f).read_all()
+                    except pa.ArrowInvalid as exc:  # no footer: a prefix of a segment, from a cut upload
+                        raise _Unreadable(name) from exc
+            except FileNotFoundError:
+                raise
+            except OSError:  # deleted between opening and reading (S3: NO_SUCH_KEY, a plain OSError)?
+                if self._fs.get_file_info(path).type == pafs.FileType.NotFound:
+                    raise FileNotFoundError(f"segment {name} was deleted while it was read") from None
+                raise
 
     def get_many(self, fingerprint: str, keys: Iterable[str]) -> dict[str, Completion]:
         """The cached completions among ``keys`` for the engine ``fingerprint`` (after reading the
@@ -280,11 +496,15 @@ class SegmentCache:
             self._read.add(name)
 
     def _write(self, table: Any, name: str | None = None) -> str:
-        """``table`` as a new segment: ``<name>.tmp``, flushed, then renamed into place."""
+        """``table`` as a new segment: ``<name>.tmp``, flushed, then renamed into place (on an
+        object store: one object, uploaded whole)."""
         import pyarrow as pa
 
         name = name or segment_name()
-        final = self.segments_dir / name
+        if self._fs is not None:
+            self._upload(table, name)
+            return name
+        final = Path(self.segments_dir) / name
         tmp = final.with_name(name + _TMP)
         try:
             with open(tmp, "wb") as raw:
@@ -298,8 +518,44 @@ class SegmentCache:
             tmp.unlink(missing_ok=True)
             raise
         if self.fsync:
-            _fsync_dir(self.segments_dir)
+            _fsync_dir(Path(self.segments_dir))
         return name
+
+    def _upload(self, table: Any, name: str) -> None:
+        """``table`` as the object ``<root>/<name>``: serialized in memory, then one write and the
+        close that completes the upload (the object appears then, whole, or never)."""
+        import pyarrow as pa
+
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        data = sink.getvalue()
+        target = f"{self._root}/{name}"
+        with self._scrubbed():
+            out = self._fs.open_output_stream(target)
+            try:
+                out.write(data)
+                out.close()
+            except BaseException:
+                # pyarrow cannot abort an upload: the stream is closed (now, rather than whenever
+                # it is collected), which may publish what it got; delete that. Readers skip it
+                # anyway (not a whole Arrow file).
+                with contextlib.suppress(Exception):
+                    out.close()
+                with contextlib.suppress(Exception):
+                    self._fs.delete_file(target)
+                raise
+
+    def _delete(self, name: str) -> None:
+        """Delete a segment; one already gone is fine (another compaction merged it)."""
+        if self._fs is None:
+            (Path(self.segments_dir) / name).unlink(missing_ok=True)
+            return
+        try:
+            with self._scrubbed():
+                self._fs.delete_file(f"{self._root}/{name}")
+        except FileNotFoundError:
+            pass
 
     # ------------------------------------------------------------------ maintenance
 
@@ -310,7 +566,9 @@ class SegmentCache:
         would keep) and is in place (atomically) before the segments it merged are deleted; only
         those are deleted, so segments written meanwhile are kept, readers never miss an answer,
         and two compactions at once waste work but lose nothing. ``.tmp`` files older than
-        ``stale_tmp_seconds`` (left by a writer that died mid-write) are removed too.
+        ``stale_tmp_seconds`` (left by a writer that died mid-write) are removed too; on an object
+        store (no ``.tmp`` objects) so are listed objects older than that which are not whole Arrow
+        files (an upload cut short).
 
         Examples
         --------
@@ -337,6 +595,9 @@ class SegmentCache:
                 _add_rows(merged, self._load(name))
             except FileNotFoundError:  # another compaction merged it: its content is in that one
                 continue
+            except _Unreadable:
+                self._remove_if_stale(name, stale_tmp_seconds)
+                continue
             used.append(name)
         if len(used) < 2:
             return 0
@@ -352,24 +613,34 @@ class SegmentCache:
         oldest = used[0][: -len(_SUFFIX)].split("~", 1)[0]  # a merged segment's name has one "~c..."
         name = self._write(table, f"{oldest}~c{uuid.uuid4().hex[:12]}{_SUFFIX}")
         for old in used:
-            (self.segments_dir / old).unlink(missing_ok=True)
-        if self.fsync:
-            _fsync_dir(self.segments_dir)
+            self._delete(old)
+        if self.fsync and self._fs is None:
+            _fsync_dir(Path(self.segments_dir))
         with self._lock:
             if self._read.issuperset(used):  # nothing in it this index does not hold already
                 self._read.add(name)
         return len(used)
 
     def _remove_stale_tmp(self, seconds: float) -> None:
+        if self._fs is not None:  # an upload is never visible before it completes: no .tmp objects
+            return
         now = time.time()
         for name in os.listdir(self.segments_dir):
             if name.endswith(_TMP):
-                path = self.segments_dir / name
+                path = Path(self.segments_dir) / name
                 try:
                     if now - path.stat().st_mtime > seconds:
                         path.unlink(missing_ok=True)
                 except FileNotFoundError:
                     continue
+
+    def _remove_if_stale(self, name: str, seconds: float) -> None:
+        """Delete the object-store segment ``name`` (not a whole Arrow file) when it is older than
+        ``seconds``."""
+        with self._scrubbed():
+            info = self._fs.get_file_info(f"{self._root}/{name}")
+        if info.mtime is not None and time.time() - info.mtime.timestamp() > seconds:
+            self._delete(name)
 
     def close(self) -> None:
         """Nothing to close (no file stays open); here for the exact cache's interface."""

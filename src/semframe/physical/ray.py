@@ -135,12 +135,20 @@ class RayExecutor:
         input in one execution (the fewest pool starts, memory that grows with the rows).
     shared_cache
         A directory every node can read and write (a shared file system; a ``file://`` URL is
-        taken as its path) for a cluster-safe exact cache: answer segments, one file per engine
-        batch (:class:`~semframe.cache.segments.SegmentCache`). With it the data mode's actors and
-        the pool mode's driver read and write the answers there instead of the DuckDB file under
-        the cache directory (which actors on other machines cannot share). None (default): the
-        DuckDB exact cache of ``sf.configure(cache_dir=...)``. ``cache=False`` still turns caching
-        off; the semantic cache and embeddings then stay in memory for the run.
+        taken as its path), or an object store's URL (``s3://bucket/prefix``,
+        ``s3://bucket/prefix?region=eu-west-1``, ``gs://bucket/prefix``: any URL
+        ``pyarrow.fs.FileSystem.from_uri`` opens), for a cluster-safe exact cache: answer
+        segments, one file (object) per engine batch
+        (:class:`~semframe.cache.segments.SegmentCache`). With it the data mode's actors and the
+        pool mode's driver read and write the answers there instead of the DuckDB file under the
+        cache directory (which actors on other machines cannot share). A directory is made
+        absolute; a URL is checked here (a malformed one, or an unknown scheme, is a ValueError
+        before any cluster starts) and handed to the actors as given. Credentials: from each
+        node's environment (``AWS_ACCESS_KEY_ID`` ..., an instance role; recommended) or in the
+        URL (``s3://KEY:SECRET@bucket/...``: never shown in ``repr`` or messages, but it travels
+        to the actors and stays in ``shared_cache``). None (default): the DuckDB exact cache of
+        ``sf.configure(cache_dir=...)``. ``cache=False`` still turns caching off; the semantic
+        cache and embeddings then stay in memory for the run.
 
     Examples
     --------
@@ -183,8 +191,10 @@ class RayExecutor:
         self._temp_dir: str | None = None  # set when this executor started a local cluster
 
     def __repr__(self) -> str:
+        from semframe.cache.segments import redact_url
+
         where = self.address or "local"
-        shared = f", shared_cache={self.shared_cache!r}" if self.shared_cache else ""
+        shared = f", shared_cache={redact_url(self.shared_cache)!r}" if self.shared_cache else ""
         return f"RayExecutor(num_actors={self.num_actors}, address={where!r}{shared})"
 
     # ------------------------------------------------------------------ the cluster
@@ -614,17 +624,21 @@ class RayRowStep(PhysicalOp):
 
 
 def _shared_cache_dir(where: str | os.PathLike | None) -> str | None:
-    """``RayExecutor(shared_cache=...)`` as an absolute directory path (None: none)."""
+    """``RayExecutor(shared_cache=...)`` as an absolute directory path, or an object-store URL as
+    given, checked (without the network) by pyarrow (None: none)."""
+    from semframe.cache.segments import check_url, redact_url
+
     if where is None:
         return None
     text = os.fspath(where)
     if not isinstance(text, str) or not text:
-        raise ValueError(f"RayExecutor: shared_cache must be a directory path, got {where!r}")
+        raise ValueError(f"RayExecutor: shared_cache must be a directory path or an object-store URL, "
+                         f"got {redact_url(text) if isinstance(text, str) else where!r}")
     if text.startswith("file://"):
         text = text[len("file://"):]
     elif "://" in text:
-        raise ValueError(f"RayExecutor: shared_cache={where!r}: only a directory (or a file:// URL) is built; "
-                         "mount the object store on every node (s3fs, gcsfuse) and pass the mounted path")
+        check_url(text, what="RayExecutor: shared_cache")  # a ValueError, credentials redacted
+        return text
     return os.path.abspath(os.path.expanduser(text))
 
 
