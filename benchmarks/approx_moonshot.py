@@ -217,7 +217,7 @@ def render(r: dict[str, Any], args: Any, facts: dict[str, Any]) -> str:
         ["exhaustive run of this table, at that rate", mmss(r["exhaustive_estimate_seconds"]) +
          f" ({r['distinct']:,} distinct prompts); 100,000 distinct rows: "
          + mmss(100_000 / r["oracle_rows_per_s"] if r["oracle_rows_per_s"] else None)],
-        ["the oracle's answers (whole column)", ", ".join(f"{k} {v:,}" for k, v in r["answers"].items())],
+        ["the column's answers (proxy and oracle cells)", ", ".join(f"{k} {v:,}" for k, v in r["answers"].items())],
         ["rerun of the same plan on the warm exact cache", f"{r['rerun_seconds']:.1f} s, "
          f"{r['rerun_oracle_calls']} oracle calls, same answers: {r['rerun_same_answers']}"],
     ]
