@@ -1,5 +1,5 @@
 """The segment cache on an object store by URL (``SegmentCache("s3://bucket/prefix?...")``), against
-an S3 server on loopback (moto's ``ThreadedMotoServer``, started once for the module): answers
+an S3 server on loopback (moto's server in a child process, started once for the module): answers
 round-trip and other instances see them, compaction loses nothing even while others write, many
 writers never leave a segment that cannot be read, an upload cut short shows no partial segment,
 and a URL's credentials never reach a repr or a message. ``sf.RayExecutor(shared_cache=<URL>)``
@@ -21,9 +21,9 @@ from semframe.cache.segments import redact_url
 from semframe.engines.base import Completion
 from tests.cache.test_segments import PER_BATCH, _batch, _expected, _fields, _request
 
-pytest.importorskip("moto", reason='moto is not installed (pip install "moto[server]>=5")')
-moto_server = pytest.importorskip("moto.server",
-                                  reason='moto[server] is not installed (pip install "moto[server]>=5")')
+from tests.s3_server import require_moto, s3_server
+
+require_moto()
 pafs = pytest.importorskip("pyarrow.fs")
 
 KEY_ID, SECRET = "AKIDLEAKCHECK0000001", "sEcReTlEaKcHeCk+0000001"  # in URLs: must never be shown
@@ -37,13 +37,8 @@ def endpoint():
                             ("AWS_SESSION_TOKEN", "testing"), ("AWS_DEFAULT_REGION", "us-east-1"),
                             ("AWS_EC2_METADATA_DISABLED", "true")):
             mp.setenv(name, value)
-        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        try:
-            host, port = server.get_host_and_port()
-            yield f"{host}:{port}"
-        finally:
-            server.stop()
+        with s3_server() as where:
+            yield where
 
 
 @pytest.fixture

@@ -45,13 +45,10 @@ def test_a_data_mode_rerun_is_answered_by_the_segments(ray_cluster, tmp_path: Pa
 def test_a_data_mode_run_shares_answer_segments_on_an_object_store(ray_cluster):
     """The same, with the segments in an S3 bucket (moto's server on loopback): the actors write
     them there, a pool-mode rerun reads them back, and the URL's credentials stay out of sight."""
-    moto_server = pytest.importorskip("moto.server", reason='moto[server] is not installed')
+    from tests.s3_server import s3_server
+
     pafs = pytest.importorskip("pyarrow.fs")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"{host}:{port}"
+    with s3_server() as endpoint:
         pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key="testing", secret_key="testing",
                           region="us-east-1", allow_bucket_creation=True).create_dir("answers")
         # Credentials in the URL: the actors run in other processes, without this test's environment.
@@ -65,5 +62,3 @@ def test_a_data_mode_run_shares_answer_segments_on_an_object_store(ray_cluster):
         pooled = _plan().run("deterministic", executor=sf.RayExecutor(num_actors=1, mode="pool", shared_cache=url))
         assert pooled.metrics["engine_requests"].item() == 0 and pooled.metrics["exact_cache_hits"].item() == 23
         assert pooled.df.equals(first.df)
-    finally:
-        server.stop()
