@@ -187,7 +187,7 @@ class RayExecutor:
         self.cpus = cpus
         self.mode = mode
         self.window_rows = window_rows
-        self.shared_cache = _shared_cache_dir(shared_cache)  # an absolute path, or None
+        self.shared_cache = _shared_cache_dir(shared_cache)  # a path, a URL, or None
         self._temp_dir: str | None = None  # set when this executor started a local cluster
 
     def __repr__(self) -> str:
