@@ -113,22 +113,30 @@ def test_compaction_while_others_write_loses_nothing(tmp_path):
         assert {k: c.value for k, c in cache.get_many("fp", expected).items()} == expected
 
 
-def test_the_first_answer_of_a_key_wins(tmp_path):
+def check_the_first_answer_of_a_key_wins(where) -> None:
+    """Two writers that had not read each other: a reader from scratch keeps the older answer, a
+    reader keeps what it gave; the same answer with probabilities fills them in (as the DuckDB
+    cache does), through a compaction too. ``where``: a directory or an object-store URL."""
     req = _request("one question")
-    first, second = SegmentCache(tmp_path), SegmentCache(tmp_path)
+    first, second = SegmentCache(where), SegmentCache(where)
     first.put_many("fp", [(req.key, req, Completion("YES", "YES", "stop"))])
     second.put_many("fp", [(req.key, req, Completion("NO", "NO", "stop"))])  # had not read the first
     assert len(first.segments()) == 2
-    for cache in (first, second, SegmentCache(tmp_path)):
+    for cache in (first, second, SegmentCache(where)):
         assert cache.get_many("fp", [req.key])[req.key].value in ("YES", "NO")
-    assert SegmentCache(tmp_path).get_many("fp", [req.key])[req.key].value == "YES"  # from scratch: the older
+    assert SegmentCache(where).get_many("fp", [req.key])[req.key].value == "YES"  # from scratch: the older
     assert second.get_many("fp", [req.key])[req.key].value == "NO"  # a reader keeps what it gave
-    # The same answer with probabilities fills them in (as the DuckDB cache does).
     probs = {"YES": 0.75, "NO": 0.25}
     first.put_many("fp", [(req.key, req, Completion("YES", "YES", "stop", probabilities=probs))])
-    assert SegmentCache(tmp_path).get_many("fp", [req.key])[req.key].probabilities == probs
-    first.compact()
-    assert SegmentCache(tmp_path).get_many("fp", [req.key])[req.key].probabilities == probs
+    assert len(first.segments()) == 3
+    assert SegmentCache(where).get_many("fp", [req.key])[req.key].probabilities == probs
+    assert first.compact() == 3 and len(first.segments()) == 1
+    got = SegmentCache(where).get_many("fp", [req.key])[req.key]
+    assert (got.value, got.probabilities) == ("YES", probs)
+
+
+def test_the_first_answer_of_a_key_wins(tmp_path):
+    check_the_first_answer_of_a_key_wins(tmp_path)
 
 
 def _fields(c: Completion) -> tuple:

@@ -19,7 +19,8 @@ import semframe as sf
 from semframe.cache import SegmentCache
 from semframe.cache.segments import redact_url
 from semframe.engines.base import Completion
-from tests.cache.test_segments import PER_BATCH, _batch, _expected, _fields, _request
+from tests.cache.test_segments import (PER_BATCH, _batch, _expected, _fields, _request,
+                                       check_the_first_answer_of_a_key_wins)
 
 from tests.s3_server import require_moto, s3_server
 
@@ -103,20 +104,7 @@ def test_an_empty_prefix_holds_nothing(url):
 
 
 def test_the_first_answer_of_a_key_wins_and_a_later_segment_fills_in_probabilities(url):
-    req = _request("one question")
-    first, second = SegmentCache(url), SegmentCache(url)
-    first.put_many("fp", [(req.key, req, Completion("YES", "YES", "stop"))])
-    second.put_many("fp", [(req.key, req, Completion("NO", "NO", "stop"))])  # had not read the first
-    assert len(first.segments()) == 2
-    assert SegmentCache(url).get_many("fp", [req.key])[req.key].value == "YES"  # from scratch: the older
-    assert second.get_many("fp", [req.key])[req.key].value == "NO"  # a reader keeps what it gave
-    probs = {"YES": 0.75, "NO": 0.25}
-    first.put_many("fp", [(req.key, req, Completion("YES", "YES", "stop", probabilities=probs))])
-    assert len(first.segments()) == 3
-    assert SegmentCache(url).get_many("fp", [req.key])[req.key].probabilities == probs
-    assert first.compact() == 3 and len(first.segments()) == 1
-    got = SegmentCache(url).get_many("fp", [req.key])[req.key]
-    assert (got.value, got.probabilities) == ("YES", probs)
+    check_the_first_answer_of_a_key_wins(url)
 
 
 def test_compact_merges_into_one_segment_and_loses_nothing(url, s3):
