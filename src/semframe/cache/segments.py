@@ -225,6 +225,16 @@ def _schema() -> Any:
                       ("created_at", pa.float64())])
 
 
+def _segment_table(rows: list[tuple[Any, ...]], model: str) -> Any:
+    """One segment's Arrow table from ``(fingerprint, request key) + stored answer`` rows (the
+    answer as :data:`_Row` holds it), each stamped with ``model`` and the time now."""
+    import pyarrow as pa
+
+    n = len(rows)
+    columns = [list(c) for c in zip(*rows)] if rows else [[] for _ in range(8)]
+    return pa.table(dict(zip(_COLUMNS, [*columns, [model] * n, [time.time()] * n])), schema=_schema())
+
+
 def segment_name() -> str:
     """A segment file name no other writer picks: write time (ns), host, pid, counter, random.
 
@@ -475,21 +485,9 @@ class SegmentCache:
                                                           and row[5] != probs[i])]
         if not fresh:
             return
-        import pyarrow as pa
-
-        n = len(fresh)
-        table = pa.table({
-            "fingerprint": pa.array([fingerprint] * n, pa.string()),
-            "request_key": pa.array([keys[i] for i in fresh], pa.string()),
-            "value_json": pa.array([columns["value_json"][i] for i in fresh], pa.string()),
-            "raw_output": pa.array([columns["raw_output"][i] for i in fresh], pa.string()),
-            "finish_reason": pa.array([columns["finish_reason"][i] for i in fresh], pa.string()),
-            "prompt_tokens": pa.array([comps[i].prompt_tokens for i in fresh], pa.int64()),
-            "output_tokens": pa.array([comps[i].output_tokens for i in fresh], pa.int64()),
-            "probabilities_json": pa.array([probs[i] for i in fresh], pa.string()),
-            "model": pa.array([self.model] * n, pa.string()),
-            "created_at": pa.array([time.time()] * n, pa.float64()),
-        }, schema=_schema())
+        table = _segment_table([(fingerprint, keys[i], columns["value_json"][i], columns["raw_output"][i],
+                                 columns["finish_reason"][i], comps[i].prompt_tokens, comps[i].output_tokens,
+                                 probs[i]) for i in fresh], self.model)
         name = self._write(table)
         with self._lock:  # our own answers, without reading the file back
             _add_rows(self._index, table)
@@ -582,8 +580,6 @@ class SegmentCache:
         >>> cache.compact(), len(cache.segments()), SegmentCache(cache.directory).count()
         (3, 1, 3)
         """
-        import pyarrow as pa
-
         self._remove_stale_tmp(stale_tmp_seconds)
         names = self.segments()
         if len(names) < 2:
@@ -601,13 +597,8 @@ class SegmentCache:
             used.append(name)
         if len(used) < 2:
             return 0
-        rows = [(fp, key) + row for fp, known in merged.items() for key, row in known.items()]
-        n = len(rows)
-        fps, keys, vals, raws, finishes, prompts, outputs, probs = (list(c) for c in zip(*rows)) if rows else ([],) * 8
-        table = pa.table({"fingerprint": fps, "request_key": keys, "value_json": vals, "raw_output": raws,
-                          "finish_reason": finishes, "prompt_tokens": prompts, "output_tokens": outputs,
-                          "probabilities_json": probs, "model": [self.model] * n, "created_at": [time.time()] * n},
-                         schema=_schema())
+        table = _segment_table([(fp, key) + row for fp, known in merged.items() for key, row in known.items()],
+                               self.model)
         # Named after the first segment merged, so a reader's name order puts the merged answers
         # where the oldest of them was.
         oldest = used[0][: -len(_SUFFIX)].split("~", 1)[0]  # a merged segment's name has one "~c..."
