@@ -38,6 +38,15 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def write_results(name: str, md: str, record: Any) -> None:
+    """A benchmark's results: ``docs/results/<name>.md`` and ``<name>.json`` (``record``, with
+    anything JSON cannot hold written as its ``str``)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.md").write_text(md)
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=1, default=str))
+    log(f"wrote {RESULTS / (name + '.md')}")
+
+
 def bench_env(**extra: str) -> dict[str, str]:
     """The environment of every worker and server process."""
     env = dict(os.environ)

@@ -22,7 +22,6 @@ Writes ``docs/results/approx_guarantee.md`` and ``.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -33,7 +32,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import RESULTS, log, machine_facts, markdown_table  # noqa: E402
+from benchmarks._common import log, machine_facts, markdown_table, write_results  # noqa: E402
 from benchmarks.report import environment_block  # noqa: E402
 
 ACCURACY, CONFIDENCE = 0.9, 0.95
@@ -183,11 +182,7 @@ def main(argv: list[str] | None = None) -> int:
           "shown). Oracle calls saved = the oracle-only run's calls (one per distinct headline: "
           f"{exhaustive:,}, repeats are deduplicated) - the oracle calls made.\n\n"
           f"{table}\n\nPer-trial rows are in `approx_guarantee.json`.\n")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.md").write_text(md)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps({"facts": facts, "summary": summary, "trials": rows},
-                                                              indent=1, default=str))
-    log(f"wrote {RESULTS / (args.name + '.md')}")
+    write_results(args.name, md, {"facts": facts, "summary": summary, "trials": rows})
     return 0
 
 

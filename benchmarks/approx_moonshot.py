@@ -42,7 +42,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import RESULTS, log, machine_facts, markdown_table  # noqa: E402
+from benchmarks._common import RESULTS, log, machine_facts, markdown_table, write_results  # noqa: E402
 from benchmarks.report import environment_block  # noqa: E402
 
 INSTRUCTION = "What is the topic of this BBC News sentence?"
@@ -176,12 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         "rerun_same_answers": same, "exhaustive": full, "script_seconds": time.perf_counter() - t0,
         "command": command_of(args),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=1, default=str))
     md = render(record, args, facts)
-    (RESULTS / f"{args.name}.md").write_text(md)
     print(md)
-    log(f"wrote {RESULTS / (args.name + '.md')}")
+    write_results(args.name, md, record)
     return 0
 
 

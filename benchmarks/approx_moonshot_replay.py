@@ -30,7 +30,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import RESULTS, log, machine_facts, markdown_table  # noqa: E402
+from benchmarks._common import RESULTS, log, machine_facts, markdown_table, write_results  # noqa: E402
 from benchmarks.approx_moonshot import INSTRUCTION, LIMIT_S, table_of  # noqa: E402
 from benchmarks.report import environment_block  # noqa: E402
 
@@ -122,11 +122,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{summary['projected_minutes_median']:.1f} min, median {summary['oracle_calls_median']:,.0f} oracle calls "
           f"and {summary['proxy_answers_median']:,.0f} proxy cells\n")
     print(md)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.md").write_text(md)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps({"facts": facts, "summary": summary, "seeds": rows},
-                                                              indent=1, default=str))
-    log(f"wrote {RESULTS / (args.name + '.md')}")
+    write_results(args.name, md, {"facts": facts, "summary": summary, "seeds": rows})
     return 0
 
 

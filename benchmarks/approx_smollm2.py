@@ -33,7 +33,6 @@ and ``.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -43,7 +42,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import RESULTS, log, machine_facts, markdown_table  # noqa: E402
+from benchmarks._common import log, machine_facts, markdown_table, write_results  # noqa: E402
 from benchmarks.report import environment_block  # noqa: E402
 
 INSTRUCTION = "What is the topic of this BBC News headline?"
@@ -189,11 +188,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(the guarantee is about the proxy cells: >= 0.9 with probability 0.95).\n\n{table}\n\n"
           + (f"Filter `{QUESTION}`, target `sf.Target(precision=0.9, recall=0.9, confidence=0.95)`; precision and "
              f"recall of the kept rows against the oracle-only filter's.\n\n{ftable}\n" if filters else ""))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.md").write_text(md)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps({"facts": facts, "classify": rows, "filter": filters},
-                                                              indent=1, default=str))
-    log(f"wrote {RESULTS / (args.name + '.md')}")
+    write_results(args.name, md, {"facts": facts, "classify": rows, "filter": filters})
     return 0
 
 

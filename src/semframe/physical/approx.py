@@ -50,7 +50,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import polars as pl
 
 from semframe.execution.calibration import (
     certify_precision,
