@@ -24,12 +24,7 @@ pytestmark = pytest.mark.ray
 
 ray = pytest.importorskip("ray", reason='Ray is not installed (pip install "semframe[ray]")')
 
-#: Lineage columns that must agree (latency is wall time, which differs run to run).
-LINEAGE = ["row_id", "step", "operator", "column", "request_key", "model", "source", "source_row_id",
-           "raw_output", "value", "probabilities", "error", "finish_reason", "prompt_tokens", "output_tokens",
-           "attempts"]
-METRICS = ["step", "operator", "rows_in", "rows_out", "engine_requests", "dedup_hits", "exact_cache_hits",
-           "skipped", "errors", "prompt_tokens", "output_tokens"]
+from tests.ray.compare import same  # noqa: E402
 
 
 def _frame(n: int = 60) -> pl.DataFrame:
@@ -47,21 +42,11 @@ def _plan(df: pl.DataFrame):
             .head(25))
 
 
-def _same(local: sf.RunResult, remote: sf.RunResult) -> None:
-    assert remote.df.equals(local.df)
-    assert remote.row_ids.equals(local.row_ids)
-    key = ["step", "row_id"]
-    assert remote.lineage.select(LINEAGE).sort(key, nulls_last=True).equals(
-        local.lineage.select(LINEAGE).sort(key, nulls_last=True))
-    assert remote.metrics.select(METRICS).equals(local.metrics.select(METRICS))
-    assert remote.prompts.sort("request_key").equals(local.prompts.sort("request_key"))
-
-
 def test_same_answers_lineage_and_engine_requests_as_local(ray_cluster):
     plan = _plan(_frame())
     local = plan.run("deterministic", cache=False)
     remote = plan.run("deterministic", cache=False, executor=sf.RayExecutor(num_actors=2, batch_size=8))
-    _same(local, remote)
+    same(local, remote, batches=False)
     m = remote.metrics
     assert m["engine_requests"].to_list()[0] == 23  # 23 distinct titles (the filter drops rows, no title)
     assert m["dedup_hits"].sum() > 0 and m["skipped"].sum() > 0  # the repeats and the null were there
@@ -173,7 +158,7 @@ import ray
 import semframe as sf
 
 address, log, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-sys.path.insert(0, sys.argv[4])
+sys.path[:0] = [sys.argv[4], sys.argv[4] + "/../.."]  # tests/ray, and the repository (tests.ray.compare)
 from test_ray_executor import _plan_for_kill, _slow_engine_factory
 
 ray.init(address=address, configure_logging=False, log_to_driver=False)

@@ -20,26 +20,7 @@ pytestmark = pytest.mark.ray
 
 ray = pytest.importorskip("ray", reason='Ray is not installed (pip install "semframe[ray]")')
 
-#: Lineage columns that must agree (latency is wall time, which differs run to run).
-LINEAGE = ["row_id", "step", "operator", "column", "request_key", "model", "source", "source_row_id",
-           "raw_output", "value", "probabilities", "error", "finish_reason", "prompt_tokens", "output_tokens",
-           "attempts"]
-METRICS = ["step", "operator", "rows_in", "rows_out", "engine_requests", "engine_batches", "dedup_hits",
-           "exact_cache_hits", "skipped", "errors", "prompt_tokens", "output_tokens"]
-
-
-def _same(local: sf.RunResult, remote: sf.RunResult, batches: bool = True) -> None:
-    """Equal results, lineage, metrics and prompts; ``batches``: engine batches too (the data mode
-    asks in Ray Data blocks, not in the local executor's batches)."""
-    metrics = METRICS if batches else [m for m in METRICS if m != "engine_batches"]
-    assert remote.df.equals(local.df)
-    assert remote.row_ids.equals(local.row_ids)
-    key = ["step", "row_id", "request_key"]
-    assert remote.lineage.select(LINEAGE).sort(key, nulls_last=True).equals(
-        local.lineage.select(LINEAGE).sort(key, nulls_last=True))
-    assert remote.metrics.select(metrics).equals(local.metrics.select(metrics))
-    assert remote.prompts.sort("request_key").equals(local.prompts.sort("request_key"))
-
+from tests.ray.compare import same  # noqa: E402
 
 def _logging_factory(log: str, seconds: float = 0.0):
     """A deterministic engine factory (sent to the actors by value) that answers a join's YES/NO
@@ -90,7 +71,7 @@ def test_join_topk_aggregate_and_dedup_give_the_local_answers_lineage_and_engine
     for name, plan in {"join": join, "topk": topk, "aggregate": agg, "dedup": dedup}.items():
         local = plan.run(_logging_factory(str(tmp_path / "local.log"))(), cache=False, batch_size=8)
         remote[name] = plan.run(_logging_factory(str(log)), cache=False, batch_size=8, executor=executor)
-        _same(local, remote[name])
+        same(local, remote[name])
         assert remote[name].complete and remote[name].engine_model == "deterministic-v1"
     assert remote["join"].df.height == 10  # each ticket matched its own product, of 40 pairs asked
     assert remote["join"].metrics["engine_requests"].to_list() == [40, 10]
@@ -109,7 +90,7 @@ def test_a_row_wise_plan_gives_the_same_result_in_both_modes(ray_cluster):
             .semantic.filter("Is {title} ({region}) famous?"))
     local = plan.run("deterministic", cache=False, batch_size=7)
     for mode in ("data", "pool"):
-        _same(local, plan.run("deterministic", cache=False, batch_size=7,
+        same(local, plan.run("deterministic", cache=False, batch_size=7,
                               executor=sf.RayExecutor(num_actors=2, mode=mode)), batches=mode == "pool")
 
 
@@ -129,7 +110,7 @@ def test_the_data_mode_reads_its_input_in_windows(ray_cluster, monkeypatch):
     local = plan.run("deterministic", cache=False)
     windowed = plan.run("deterministic", cache=False,
                         executor=sf.RayExecutor(num_actors=2, mode="data", window_rows=12))
-    _same(local, windowed, batches=False)  # repeats in later windows are dedup rows, as locally
+    same(local, windowed, batches=False)  # repeats in later windows are dedup rows, as locally
     assert windowed.metrics["engine_requests"].item() == 9 and windowed.metrics["dedup_hits"].item() == 20
     # Windows of rows 0-11, 12-23, 24-29: the first asks 8 titles, the second only title 5 (row 14;
     # row 5 is null), the third none (all in the memo): two Ray Data executions.
